@@ -1,0 +1,219 @@
+"""Transformer analysis dashboard: the Gradio app and the same work headless.
+
+    python dashboard.py                 # serve the app on 0.0.0.0:7860
+    python dashboard.py models --json models.json
+    python dashboard.py analyze --model tiny-gpt2 --prompt "the capital of japan is" --out b.zip
+    python dashboard.py predict --model tiny-bert --prompt "the capital of japan is [MASK]."
+
+Every subcommand prints one clear line and exits 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("dashboard")
+
+
+class CliError(Exception):
+    """Bad command-line input (exit 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise CliError(f"{message} (see `python dashboard.py {self.prog.split()[-1]} --help`)"
+                       if " " in self.prog else f"{message} (see --help)")
+
+
+def _write_json(path: str | None, data) -> None:
+    if not path:
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    os.replace(tmp, out)
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj).__name__)
+
+
+def _finite(name: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise CliError(f"--{name} must be a finite number, got {value}")
+
+
+def _load_options(args):
+    from models.loading import LoadOptions
+
+    return LoadOptions(trust_remote_code=getattr(args, "trust_remote_code", False),
+                       allow_pickle=getattr(args, "allow_pickle_weights", False))
+
+
+# ----------------------------------------------------------------------------- subcommands
+
+def cmd_models(args) -> int:
+    from models.registry import builtin_entries, describe
+
+    rows = [describe(e) for e in builtin_entries()]
+    for r in rows:
+        state = "yes" if r["available"] else "no "
+        shape = f"{r['n_layers']}L x {r['n_heads']}H" if r["n_layers"] else "?"
+        params = f"{r['params']:,}" if r["params"] else "?"
+        print(f"{state}  {r['name']:38s} {r['family']:9s} {r['task']:10s} {shape:10s} "
+              f"{params:>12s}  {r['reason']}")
+    _write_json(args.json, rows)
+    return 0
+
+
+def _read_prompts(args) -> list[str]:
+    prompts = [args.prompt] if args.prompt is not None else []
+    if args.prompts:
+        from models.generation import read_prompts_file
+
+        prompts += [p for p, _ in read_prompts_file(args.prompts)]
+    if not prompts or not any(p.strip() for p in prompts):
+        raise CliError("give a non-empty --prompt TEXT or --prompts FILE")
+    return prompts
+
+
+def cmd_analyze(args) -> int:
+    from analysis.run import analyze, summary_json
+    from models.loading import load
+
+    opts = _load_options(args)
+    prompts = _read_prompts(args)
+    result = analyze(args.model, prompts, load=lambda n: load(n, opts), top_k=args.top_k,
+                     ablation=args.head_ablation, seed=args.seed)
+    for r in result.results:
+        for notice in r.trace.notices:
+            print(f"notice ({r.name}): {notice}")
+        print(f"{r.name}: {r.trace.n_tokens} tokens, {r.trace.n_layers} layers x "
+              f"{r.trace.n_heads} heads, {r.seconds:.2f} s")
+        print("  layer  erank     PR  pca95  twonn  act_ent  cos_in  aniso  att_ent")
+        for row in r.layer_metrics:
+            cells = [row[k] for k in ("effective_rank", "participation_ratio",
+                                      "intrinsic_dim_pca95", "intrinsic_dim_twonn",
+                                      "activation_entropy", "cosine_to_input", "anisotropy",
+                                      "attention_entropy")]
+            print(f"  {row['layer']:5d} " + " ".join(_cell(c) for c in cells))
+        if r.predictions.get("predictions"):
+            top = ", ".join(f"{p['token']} {p['probability']:.3f}"
+                            for p in r.predictions["predictions"][:5])
+            print(f"  predictions: {top}")
+    _write_json(args.json, summary_json(result))
+    if args.out:
+        from reports.bundle import write_bundle
+
+        path = write_bundle(result, args.out)
+        print(f"bundle: {path}")
+    return 0
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "      -"
+    return f"{v:7.3f}" if isinstance(v, float) else f"{v:7d}"
+
+
+def cmd_predict(args) -> int:
+    from models.loading import load
+    from models.predictions import predict
+
+    _finite("temperature", args.temperature)
+    _finite("top-p", args.top_p)
+    loaded = load(args.model, _load_options(args))
+    out = predict(loaded, args.prompt, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+                  temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    for notice in out.get("notices", []):
+        print(f"notice: {notice}")
+    for p in out["predictions"]:
+        print(f"{p['probability']:.4f}  {p['token']}")
+    print(f"text: {out['text']}")
+    _write_json(args.json, out)
+    return 0
+
+
+def _add_load_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow models that run their own code (e.g. LLaDA)")
+    p.add_argument("--allow-pickle-weights", action="store_true",
+                   help="allow *.bin pickle weights (they can run code when loaded)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="dashboard.py", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+
+    p = sub.add_parser("models", help="list the model registry and what is available")
+    p.add_argument("--json", metavar="PATH")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("analyze", help="layer and head metrics, predictions, attribution")
+    p.add_argument("--model", action="append", required=True, help="registry name (repeatable)")
+    p.add_argument("--prompt")
+    p.add_argument("--prompts", metavar="FILE", help="one prompt a line (corpus mode)")
+    p.add_argument("--out", metavar="ZIP", help="write the bundle")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--head-ablation", action="store_true",
+                   help="per-head attribution by exact ablation instead of gradients")
+    p.add_argument("--seed", type=int, default=0)
+    _add_load_flags(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("predict", help="fill-mask top-k, next-token top-k and continuation")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH")
+    _add_load_flags(p)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "-v", "--verbose"):
+        argv = ["serve", *argv]
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            args = parser.parse_args(["serve", *argv])
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - user errors from the library
+        from models.errors import UserError
+
+        if isinstance(exc, UserError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

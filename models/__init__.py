@@ -1,0 +1,3 @@
+from models.errors import UserError
+
+__all__ = ["UserError"]

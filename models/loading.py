@@ -1,0 +1,152 @@
+"""Loading models offline-aware, always eager attention, always in eval mode, with an LRU cache."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.errors import UserError
+from models.registry import ModelEntry, availability, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    entry: ModelEntry
+    model: Any  # a transformers PreTrainedModel in eval mode
+    tokenizer: Any
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def task(self) -> str:
+        return self.entry.task
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.model.config.num_attention_heads)
+
+    @property
+    def causal(self) -> bool:
+        return self.entry.task == "causal"
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    trust_remote_code: bool = False  # only ever from the --trust-remote-code flag
+    allow_pickle: bool = False  # only ever from the --allow-pickle-weights flag
+    allow_custom: bool = True
+
+
+_AUTO_BY_TASK = {
+    "fill-mask": "AutoModelForMaskedLM",
+    "diffusion": "AutoModelForMaskedLM",
+    "causal": "AutoModelForCausalLM",
+    "encoder": "AutoModel",
+}
+
+
+def _check_weights(folder: Path, allow_pickle: bool) -> None:
+    safes = list(folder.glob("*.safetensors"))
+    pickles = [p for p in folder.glob("*.bin")] + list(folder.glob("*.pt")) + list(folder.glob("*.pth"))
+    if not safes and pickles and not allow_pickle:
+        raise UserError(f"'{folder}' has only pickle weights ({pickles[0].name}); they can run code "
+                        "when loaded. Convert them to safetensors, or pass --allow-pickle-weights "
+                        "on the command line if you trust the files.")
+    if not safes and not pickles:
+        raise UserError(f"'{folder}' has no weights file (*.safetensors).")
+
+
+def load_uncached(entry: ModelEntry, options: LoadOptions = LoadOptions()) -> Loaded:
+    import transformers
+    from transformers import AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+    if entry.needs_remote_code and not options.trust_remote_code:
+        raise UserError(f"'{entry.name}' runs its own model code; start the dashboard with "
+                        "--trust-remote-code to allow it.")
+    av = availability(entry)
+    if not av.available and entry.family == "hub" and entry.extra.get("guessed"):
+        raise UserError(f"Unknown model '{entry.name}': not a registry name, not a local folder, "
+                        f"and not a HuggingFace id that can be reached ({av.reason}). "
+                        "Run `python dashboard.py models` to see what is available.")
+    if not av.available:
+        raise UserError(f"Model '{entry.name}' is not available: {av.reason}. "
+                        "The embedded models (tiny-bert, tiny-gpt2, tiny-llama) always are.")
+    if entry.family in ("embedded", "local"):
+        _check_weights(Path(entry.source), options.allow_pickle)
+    auto = getattr(transformers, _AUTO_BY_TASK[entry.task])
+    kwargs = dict(attn_implementation="eager", use_safetensors=None if options.allow_pickle else True,
+                  trust_remote_code=options.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(entry.source,
+                                                  trust_remote_code=options.trust_remote_code)
+        model = auto.from_pretrained(entry.source, **kwargs)
+    except UserError:
+        raise
+    except Exception as exc:  # transformers raises many types; the user needs one message
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"Could not load model '{entry.name}': {msg[:300]}") from None
+    model.eval()
+    return Loaded(entry, model, tokenizer)
+
+
+class ModelCache:
+    """A bounded least-recently-used cache of loaded models; thread-safe."""
+
+    def __init__(self, max_models: int = 3):
+        self.max_models = max_models
+        self._items: OrderedDict[tuple, Loaded] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def get(self, name: str, options: LoadOptions = LoadOptions()) -> Loaded:
+        entry = resolve(name, allow_custom=options.allow_custom)
+        key = (entry.name, entry.source, options.trust_remote_code, options.allow_pickle)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            loaded = load_uncached(entry, options)  # a failure leaves the cache untouched
+            self._items[key] = loaded
+            while len(self._items) > self.max_models:
+                old_key, _ = self._items.popitem(last=False)
+                log.info("evicted %s from the model cache", old_key[0])
+            return loaded
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return [k[0] for k in self._items]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+CACHE = ModelCache()
+
+
+def load(name: str, options: LoadOptions = LoadOptions()) -> Loaded:
+    return CACHE.get(name, options)
+
+
+def require_task(loaded: Loaded, tasks: tuple[str, ...], what: str) -> None:
+    if loaded.task not in tasks:
+        raise UserError(f"'{loaded.name}' is a {loaded.task} model; {what} needs a "
+                        f"{' or '.join(tasks)} model.")

