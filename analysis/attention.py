@@ -1,0 +1,217 @@
+"""Per-head analysis of `attentions  # [layer, head, query, key]`: entropy, roles, clustering.
+
+Row order of everything flattened over heads is layer-major: (layer 1, head 0), (layer 1,
+head 1), ..., (layer 2, head 0), ... Array index 0 on the layer axis is block (layer) 1.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import silhouette_score
+
+from analysis.metrics import _row_entropies
+
+log = logging.getLogger(__name__)
+
+ROLE_NAMES = ("previous_token_score", "first_token_score", "self_score")
+FEATURE_NAMES = ROLE_NAMES + ("attention_entropy", "mean_distance")
+
+
+def _as_4d(attentions: np.ndarray) -> np.ndarray:
+    a = np.asarray(attentions)
+    if a.ndim != 4:
+        raise ValueError(f"attentions must be 4-D [layer, head, query, key], got {a.shape}")
+    return a
+
+
+def head_entropies(attentions: np.ndarray, causal: bool) -> np.ndarray:
+    """Mean normalised row entropy of every head (design.md), `[layer, head]` float64.
+
+    `attentions  # [layer, head, query, key]`. Heads with no kept row (one token) are NaN.
+    """
+    a = _as_4d(attentions)
+    out = np.full(a.shape[:2], np.nan)
+    for layer in range(a.shape[0]):  # one layer at a time keeps float64 temporaries small
+        e = _row_entropies(a[layer], causal)  # [head, query]
+        if not np.isnan(e).all():
+            out[layer] = np.nanmean(e, axis=1)
+    return out
+
+
+def previous_token_score(att: np.ndarray) -> float:
+    """Mean over query rows i >= 1 of a[i, i - 1], `att  # [query, key]`; NaN with one row."""
+    return float(role_scores(np.asarray(att)[None, None])["previous_token_score"][0, 0])
+
+
+def first_token_score(att: np.ndarray) -> float:
+    """Mean over query rows i >= 1 of a[i, 0], `att  # [query, key]`; NaN with one row."""
+    return float(role_scores(np.asarray(att)[None, None])["first_token_score"][0, 0])
+
+
+def self_score(att: np.ndarray) -> float:
+    """Mean over all query rows i of a[i, i], `att  # [query, key]`."""
+    return float(role_scores(np.asarray(att)[None, None])["self_score"][0, 0])
+
+
+def role_scores(attentions: np.ndarray) -> dict[str, np.ndarray]:
+    """Head-role scores, each `[layer, head]` float64, from `attentions  # [layer, head, q, k]`.
+
+    previous_token_score: mean over rows i >= 1 of a[i, i - 1];
+    first_token_score: mean over rows i >= 1 of a[i, 0] (row 0 is excluded because it can only
+    attend to itself in a causal model; note row 1's previous token IS the first token);
+    self_score: mean over all rows of a[i, i].
+    With a single token the first two are NaN.
+    """
+    a = _as_4d(attentions)
+    q = a.shape[2]
+    prev = np.diagonal(a, offset=-1, axis1=2, axis2=3)  # [layer, head, q - 1]
+    diag = np.diagonal(a, axis1=2, axis2=3)  # [layer, head, q]
+    if q >= 2:
+        previous = prev.astype(np.float64).mean(axis=-1)
+        first = a[:, :, 1:, 0].astype(np.float64).mean(axis=-1)
+    else:
+        previous = np.full(a.shape[:2], np.nan)
+        first = np.full(a.shape[:2], np.nan)
+    return {
+        "previous_token_score": previous,
+        "first_token_score": first,
+        "self_score": diag.astype(np.float64).mean(axis=-1),
+    }
+
+
+def mean_attention_distance(attentions: np.ndarray) -> np.ndarray:
+    """Mean over rows i of sum_j a_ij |i - j| / T, `[layer, head]`; T = number of keys.
+
+    `attentions  # [layer, head, query, key]`. 0 = attends to itself, near 1 = far away.
+    """
+    a = _as_4d(attentions)
+    q, k = a.shape[2], a.shape[3]
+    dist = np.abs(np.arange(q)[:, None] - np.arange(k)[None, :]).astype(np.float64) / k
+    out = np.empty(a.shape[:2])
+    for layer in range(a.shape[0]):
+        out[layer] = np.einsum("hqk,qk->h", a[layer].astype(np.float64), dist) / q
+    return out
+
+
+def repeated_sequence(vocab_ids: list[int], period: int, seed: int, prefix: list[int]
+                      ) -> list[int]:
+    """`prefix + block + block`: a random block of `period` ids from `vocab_ids`, repeated.
+
+    The block is drawn with numpy `default_rng(seed)`, without replacement when the pool is
+    large enough (so each token's previous occurrence is unique), else with replacement.
+    Layout with p = len(prefix): first copy at positions p .. p + period - 1, second copy at
+    p + period .. p + 2 * period - 1 (the last `period` positions), e.g. prefix = [BOS] gives
+    the layout `induction_score` expects by default.
+    """
+    if period < 1:
+        raise ValueError(f"period must be >= 1, got {period}")
+    pool = np.asarray(list(vocab_ids), dtype=np.int64)
+    if pool.size == 0:
+        raise ValueError("vocab_ids is empty")
+    rng = np.random.default_rng(seed)
+    block = rng.choice(pool, size=period, replace=pool.size < period).tolist()
+    return [int(t) for t in prefix] + [int(t) for t in block] * 2
+
+
+def induction_score(attentions: np.ndarray, period: int, offset: int | None = None
+                    ) -> np.ndarray:
+    """Induction score of every head on a repeated random sequence, `[layer, head]` float64.
+
+    `attentions  # [layer, head, query, key]` from a sequence laid out as `repeated_sequence`
+    builds it: positions 0 .. offset - 1 are a prefix (e.g. BOS), the block of `period` random
+    tokens is at offset .. offset + period - 1 and again at offset + period ..
+    offset + 2 * period - 1. For each query position i of the second copy, the current token
+    previously occurred at i - period, so an induction head attends to the key right after it,
+    i - period + 1. The score is the mean of a[i, i - period + 1] over the `period` queries of
+    the second copy (1 = perfect induction head). `offset` defaults to T - 2 * period, i.e. the
+    sequence ends with the second copy; pass `len(prefix)` when tokens follow it (e.g. [SEP]).
+    """
+    a = _as_4d(attentions)
+    t = a.shape[2]
+    if period < 1:
+        raise ValueError(f"period must be >= 1, got {period}")
+    if offset is None:
+        offset = t - 2 * period
+    if offset < 0 or offset + 2 * period > t:
+        raise ValueError(f"a sequence of {t} tokens cannot hold a prefix of {offset} and two "
+                         f"copies of {period} tokens")
+    queries = np.arange(offset + period, offset + 2 * period)
+    keys = queries - period + 1
+    return a[:, :, queries, keys].astype(np.float64).mean(axis=-1)
+
+
+def head_features(attentions: np.ndarray, causal: bool) -> np.ndarray:
+    """Unstandardised clustering features, `[layer * head, 5]` layer-major, in FEATURE_NAMES order.
+
+    previous, first and self scores, attention entropy and mean attention distance; NaN (one
+    token) becomes 0.
+    """
+    a = _as_4d(attentions)
+    roles = role_scores(a)
+    cols = [roles[name] for name in ROLE_NAMES]
+    cols += [head_entropies(a, causal), mean_attention_distance(a)]
+    feats = np.stack([c.reshape(-1) for c in cols], axis=1)
+    return np.nan_to_num(feats, nan=0.0)
+
+
+# Every feature lies in [0, 1]; a spread below this is treated as noise and not blown up to
+# unit variance by the standardisation (else near-constant features dominate the clustering).
+_MIN_FEATURE_SCALE = 0.05
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    """Z-scores per column, dividing by max(std, _MIN_FEATURE_SCALE)."""
+    sd = np.maximum(x.std(axis=0), _MIN_FEATURE_SCALE)
+    return (x - x.mean(axis=0)) / sd
+
+
+def _canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber clusters in order of first appearance (head order), so labels are stable."""
+    mapping: dict[int, int] = {}
+    for lab in labels:
+        mapping.setdefault(int(lab), len(mapping))
+    return np.array([mapping[int(lab)] for lab in labels], dtype=np.int64)
+
+
+def cluster_heads(attentions: np.ndarray, causal: bool, n_clusters: int | None = None,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster heads by behaviour: (labels `[layer * head]` int, projection `[layer * head, 2]`).
+
+    Features per head (`head_features`, each in [0, 1]) are standardised (z-scores, the scale
+    floored at 0.05 so a feature that only varies by noise is not inflated); KMeans (n_init=10,
+    random_state=seed) groups them. With `n_clusters=None` k is chosen by the best silhouette
+    over 2 .. min(6, n - 1) (n = number of heads; ties go to the smaller k), falling back to
+    min(4, n) when that range is empty. k never exceeds the number of distinct feature rows.
+    Labels are renumbered by first appearance. The projection is PCA of the standardised
+    features onto 2 components (zero-padded when fewer exist). Rows are layer-major.
+    """
+    z = _standardise(head_features(attentions, causal))
+    n = z.shape[0]
+    n_distinct = int(np.unique(z, axis=0).shape[0]) if n else 0
+    if n_distinct <= 1:
+        labels = np.zeros(n, dtype=np.int64)
+    else:
+        if n_clusters is not None:
+            ks = [max(1, min(int(n_clusters), n_distinct))]
+        else:
+            ks = list(range(2, min(6, n - 1, n_distinct) + 1)) or [min(4, n_distinct)]
+        best_labels, best_score = None, -np.inf
+        for k in ks:
+            labs = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(z)
+            if len(ks) == 1:
+                best_labels = labs
+                break
+            score = silhouette_score(z, labs) if len(set(labs.tolist())) > 1 else -1.0
+            log.debug("cluster_heads: k=%d silhouette=%.3f", k, score)
+            if score > best_score + 1e-12:
+                best_labels, best_score = labs, score
+        labels = _canonical_labels(best_labels)
+    projection = np.zeros((n, 2))
+    n_comp = min(2, n, z.shape[1])
+    if n >= 2 and n_distinct > 1:
+        projection[:, :n_comp] = PCA(n_components=n_comp, random_state=seed).fit_transform(z)
+    return labels, projection

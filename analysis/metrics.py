@@ -1,0 +1,383 @@
+"""Per-layer metrics of hidden states and attention, exactly as in design.md "Metric definitions".
+
+Every function is plain: it takes arrays and returns a number (or None where the metric is
+undefined). Hidden-state metrics use the FULL matrix `h  # [token, d_model]` (every token,
+every dimension) in float64. For one layer, `hc` is `h` minus its mean row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.special import xlogy
+
+log = logging.getLogger(__name__)
+
+# Singular values below this fraction of the largest (times max(T, d) * eps, as numpy's
+# matrix_rank) are numerical zeros of a rank-deficient matrix and are ignored.
+_EPS = np.finfo(np.float64).eps
+# Centring constant rows leaves round-off of about eps * |h|; below this relative size the
+# centred matrix is treated as zero (no variance).
+_ZERO_VARIANCE_REL = 1e-12
+# TwoNN: bytes of float64 squared distances held at once, and how many candidate neighbours
+# per point are re-measured exactly after the fast (|x|^2 + |y|^2 - 2 x.y) screening.
+_TWONN_CHUNK_BYTES = 32 * 1024 * 1024
+_TWONN_CANDIDATES = 10
+_TWONN_DISCARD = 0.10
+_TWONN_MIN_POINTS = 10
+_PCA_LEVEL = 0.95
+
+
+def _as_matrix(h: np.ndarray, name: str = "h") -> np.ndarray:
+    """`h` as a float64 array [token, d_model]; raises ValueError when it is not 2-D."""
+    m = np.asarray(h, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [token, d_model], got shape {m.shape}")
+    return m
+
+
+def _centred_singular_values(m: np.ndarray) -> np.ndarray | None:
+    """Singular values of the centred matrix with numerical zeros removed, largest first.
+
+    `m  # [token, d_model]` float64. None when the centred matrix is (numerically) zero.
+    """
+    hc = m - m.mean(axis=0, keepdims=True)
+    s = np.linalg.svd(hc, compute_uv=False)
+    scale = float(np.linalg.norm(m))
+    if s.size == 0 or s[0] <= _ZERO_VARIANCE_REL * scale or s[0] == 0.0:
+        return None
+    tol = s[0] * max(m.shape) * _EPS
+    return s[s > tol]
+
+
+def _erank_from_s(s: np.ndarray) -> float:
+    p = s / s.sum()
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def _pr_from_s(s: np.ndarray, n_tokens: int) -> float:
+    lam = s**2 / (n_tokens - 1)
+    return float(lam.sum() ** 2 / np.sum(lam**2))
+
+
+def _pca_dim_from_s(s: np.ndarray, level: float = _PCA_LEVEL) -> int:
+    lam = s**2
+    cum = np.cumsum(lam)
+    # A relative slack of 1e-12 so that exactly 95% (up to round-off) counts as reaching it.
+    k = int(np.searchsorted(cum, level * cum[-1] * (1.0 - 1e-12), side="left")) + 1
+    return min(k, int(lam.size))
+
+
+def effective_rank(h: np.ndarray) -> float | None:
+    """Effective rank (Roy & Vetterli 2007) of `h  # [token, d_model]`.
+
+    s = singular values of the centred matrix (zeros ignored), p = s / sum(s),
+    erank = exp(-sum p log p). None with fewer than 2 tokens or no variance.
+    """
+    m = _as_matrix(h)
+    if m.shape[0] < 2:
+        return None
+    s = _centred_singular_values(m)
+    return None if s is None else _erank_from_s(s)
+
+
+def participation_ratio(h: np.ndarray) -> float | None:
+    """Participation ratio (sum l)^2 / sum l^2 of the covariance eigenvalues l = s^2 / (T - 1).
+
+    `h  # [token, d_model]`. Not truncated to an integer. None with fewer than 2 tokens or no
+    variance.
+    """
+    m = _as_matrix(h)
+    if m.shape[0] < 2:
+        return None
+    s = _centred_singular_values(m)
+    return None if s is None else _pr_from_s(s, m.shape[0])
+
+
+def intrinsic_dim_pca95(h: np.ndarray) -> int | None:
+    """Smallest k whose k largest covariance eigenvalues explain >= 95% of their sum.
+
+    `h  # [token, d_model]`. None with fewer than 2 tokens or no variance.
+    """
+    m = _as_matrix(h)
+    if m.shape[0] < 2:
+        return None
+    s = _centred_singular_values(m)
+    return None if s is None else _pca_dim_from_s(s)
+
+
+def _two_nearest(x: np.ndarray) -> np.ndarray:
+    """Distances to the first and second nearest other row, `x  # [point, dim]` distinct rows.
+
+    Centre `x` first (distances are unchanged, the screening below loses less to round-off).
+
+    Returns [point, 2]. Works in row chunks so no N x N matrix is held: squared distances are
+    screened with |x|^2 + |y|^2 - 2 x.y, and the best few candidates re-measured exactly
+    (the screening formula loses precision for close points).
+    """
+    n = x.shape[0]
+    sq = np.einsum("ij,ij->i", x, x)
+    k = min(_TWONN_CANDIDATES, n - 1)
+    chunk = max(1, min(n, _TWONN_CHUNK_BYTES // (8 * n)))
+    out = np.empty((n, 2))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        xc = x[start:stop]
+        d2 = xc @ x.T
+        d2 *= -2.0
+        d2 += sq[start:stop, None]
+        d2 += sq[None, :]
+        rows = np.arange(stop - start)
+        d2[rows, np.arange(start, stop)] = np.inf  # a point is not its own neighbour
+        cand = np.argpartition(d2, k - 1, axis=1)[:, :k]  # [chunk, k]
+        exact = np.empty(cand.shape)
+        for c in range(k):
+            exact[:, c] = np.linalg.norm(xc - x[cand[:, c]], axis=1)
+        exact.sort(axis=1)
+        out[start:stop] = exact[:, :2]
+    return out
+
+
+def intrinsic_dim_twonn(h: np.ndarray) -> float | None:
+    """TwoNN intrinsic dimension (Facco et al. 2017) of the rows of `h  # [token, d_model]`.
+
+    Identical rows are merged first. For each point, r1 and r2 are the Euclidean distances to
+    its two nearest other points and mu = r2 / r1. The mu are sorted, the largest 10% dropped,
+    and the empirical CDF of the i-th kept value is F = i / N (i = 1.., N = all distinct points
+    before dropping, as in Facco's code). The estimate is the least-squares slope through the
+    origin of -log(1 - F) on log(mu). None with fewer than 10 distinct rows, or when every kept
+    mu is 1 (the slope is undefined).
+    """
+    raw = np.asarray(h)
+    if raw.ndim != 2:
+        raise ValueError(f"h must be 2-D [token, d_model], got shape {raw.shape}")
+    if raw.shape[0] < _TWONN_MIN_POINTS:
+        return None
+    # Deduplicate in the input dtype (exact either way) and centre the copy in place: only
+    # O(N d) memory besides one chunk of distances.
+    x = np.unique(raw, axis=0).astype(np.float64)
+    x -= x.mean(axis=0, keepdims=True)
+    n = x.shape[0]
+    if n < _TWONN_MIN_POINTS:
+        log.debug("TwoNN: %d distinct rows, need %d", n, _TWONN_MIN_POINTS)
+        return None
+    r = _two_nearest(x)
+    ok = r[:, 0] > 0
+    mu = np.sort(r[ok, 1] / r[ok, 0])
+    n_keep = min(int(math.floor(n * (1.0 - _TWONN_DISCARD))), mu.size)
+    if n_keep < 1:
+        return None
+    xs = np.log(mu[:n_keep])
+    ys = -np.log(1.0 - np.arange(1, n_keep + 1) / n)
+    denom = float(np.dot(xs, xs))
+    if denom <= 0.0:
+        log.debug("TwoNN: all kept mu equal 1; slope undefined")
+        return None
+    return float(np.dot(xs, ys) / denom)
+
+
+def activation_entropy(h: np.ndarray) -> float | None:
+    """Normalised von Neumann entropy of the token Gram matrix of `h  # [token, d_model]`.
+
+    Z = rows of the centred matrix scaled to unit length (rows of zero norm dropped),
+    K = Z Z^T, lambda = eig(K) / trace(K), S = -sum lambda log lambda / log(min(T, d)),
+    in [0, 1], with T counting every token. eig(Z Z^T) is taken as the squared singular
+    values of Z (no T x T eigendecomposition). None with fewer than 2 usable rows.
+    """
+    m = _as_matrix(h)
+    t, d = m.shape
+    if t < 2:
+        return None
+    hc = m - m.mean(axis=0, keepdims=True)
+    norms = np.linalg.norm(hc, axis=1)
+    if norms.max(initial=0.0) <= _ZERO_VARIANCE_REL * float(np.linalg.norm(m)):
+        return None
+    keep = norms > norms.max() * 1e-12
+    if int(keep.sum()) < 2:
+        return None
+    z = hc[keep] / norms[keep, None]
+    lam = np.linalg.svd(z, compute_uv=False) ** 2
+    lam = np.clip(lam, 0.0, None)
+    lam = lam / lam.sum()
+    denom = math.log(min(t, d))
+    if denom <= 0.0:  # d == 1: a single direction, no spread
+        return 0.0
+    s = -float(np.sum(xlogy(lam, lam))) / denom
+    return float(min(max(s, 0.0), 1.0))
+
+
+def cosine_to_input(h: np.ndarray, h0: np.ndarray) -> float | None:
+    """Mean over tokens t of cos(h[t], h0[t]); `h`, `h0  # [token, d_model]` (h0 = layer 0).
+
+    Tokens where either vector is zero are skipped; None when no token is left.
+    """
+    a = _as_matrix(h)
+    b = _as_matrix(h0, "h0")
+    if a.shape != b.shape:
+        raise ValueError(f"h and h0 must have the same shape, got {a.shape} and {b.shape}")
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    ok = (na > 0) & (nb > 0)
+    if not ok.any():
+        return None
+    cos = np.einsum("ij,ij->i", a[ok], b[ok]) / (na[ok] * nb[ok])
+    return float(np.mean(np.clip(cos, -1.0, 1.0)))
+
+
+def anisotropy(h: np.ndarray) -> float | None:
+    """Mean cosine over all pairs i != j of token vectors of `h  # [token, d_model]`.
+
+    Vectors are NOT centred. With unit rows u, sum_{i != j} u_i.u_j = |sum u|^2 - n, so no
+    pairwise matrix is built. Zero vectors are skipped; None with fewer than 2 usable tokens.
+    """
+    m = _as_matrix(h)
+    norms = np.linalg.norm(m, axis=1)
+    ok = norms > 0
+    n = int(ok.sum())
+    if n < 2:
+        return None
+    u = m[ok] / norms[ok, None]
+    total = u.sum(axis=0)
+    return float((np.dot(total, total) - n) / (n * (n - 1)))
+
+
+def _row_entropies(att: np.ndarray, causal: bool) -> np.ndarray:
+    """Normalised entropies of every row: `att  # [..., query, key]` -> [..., query].
+
+    Row i is divided by log(n_i), n_i = i + 1 when causal else the number of keys; rows with
+    n_i == 1 are NaN (the caller drops them). 0 log 0 = 0.
+    """
+    a = np.clip(np.asarray(att, dtype=np.float64), 0.0, None)
+    q, k = a.shape[-2], a.shape[-1]
+    n = np.arange(1, q + 1) if causal else np.full(q, k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = np.where(n > 1, np.log(np.maximum(n, 1)), np.nan)
+    ent = -xlogy(a, a).sum(axis=-1)
+    return ent / norm
+
+
+def attention_entropy_rows(att: np.ndarray, causal: bool) -> np.ndarray:
+    """Per-row normalised entropy of one head, `att  # [query, key]` -> [kept rows].
+
+    Row i: -sum_j a_ij log a_ij / log(n_i), n_i = i + 1 if causal else T (no padding is
+    assumed). Rows with n_i == 1 are skipped, so a causal head returns rows 1..T-1.
+    """
+    a = np.asarray(att)
+    if a.ndim != 2:
+        raise ValueError(f"att must be 2-D [query, key], got shape {a.shape}")
+    e = _row_entropies(a, causal)
+    return e[~np.isnan(e)]
+
+
+def head_attention_entropy(att: np.ndarray, causal: bool) -> float | None:
+    """Mean normalised row entropy of one head `att  # [query, key]`; None if no row is kept."""
+    rows = attention_entropy_rows(att, causal)
+    return float(rows.mean()) if rows.size else None
+
+
+def layer_attention_entropy(att: np.ndarray, causal: bool) -> float | None:
+    """Mean over heads of the head entropies, `att  # [head, query, key]`; None if no rows."""
+    a = np.asarray(att)
+    if a.ndim != 3:
+        raise ValueError(f"att must be 3-D [head, query, key], got shape {a.shape}")
+    e = _row_entropies(a, causal)  # [head, query]
+    if np.isnan(e).all():
+        return None
+    return float(np.nanmean(e, axis=1).mean())
+
+
+def _pooled_layer_attention_entropy(per_segment: Sequence[np.ndarray], causal: bool
+                                    ) -> float | None:
+    """Corpus mode: each head's rows pooled over segments, then mean over heads.
+
+    `per_segment`: one `[head, query, key]` array per segment (same head count).
+    """
+    sums: np.ndarray | None = None
+    counts = 0
+    for att in per_segment:
+        e = _row_entropies(att, causal)  # [head, query]; NaN rows (n_i == 1) same in all heads
+        if e.size == 0:
+            continue
+        e = e[:, ~np.isnan(e[0])]
+        if e.shape[1] == 0:
+            continue
+        sums = e.sum(axis=1) if sums is None else sums + e.sum(axis=1)
+        counts += e.shape[1]
+    if sums is None or counts == 0:
+        return None
+    return float((sums / counts).mean())
+
+
+def _clean(v: float | int | None) -> float | int | None:
+    """Python number, or None for None / NaN / infinity."""
+    if v is None:
+        return None
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _segment_attentions(attentions, layer: int, segments: list[tuple[int, int]]
+                        ) -> list[np.ndarray]:
+    """Per-segment `[head, query, key]` arrays of block `layer` (1-based) in corpus mode."""
+    if isinstance(attentions, np.ndarray) and attentions.ndim == 4:
+        raise ValueError("with segments, attentions must be one [layer, head, query, key] "
+                         "array per segment (a list), not one pooled array")
+    if len(attentions) != len(segments):
+        raise ValueError(f"{len(segments)} segments but {len(attentions)} attention arrays")
+    return [np.asarray(att)[layer - 1][:, :e - s, :e - s]
+            for (s, e), att in zip(segments, attentions, strict=True)]
+
+
+def layer_metrics(hidden: np.ndarray, attentions, causal: bool,
+                  segments: list[tuple[int, int]] | None = None) -> list[dict]:
+    """One dict per layer 0..L of every metric in design.md; values are python numbers or None.
+
+    `hidden  # [layer + 1, token, d_model]` (layer 0 = embeddings).
+    `attentions  # [layer, head, query, key]`; "attention_entropy" is None on layer 0.
+
+    Corpus mode (`segments` given, rows [start, end) of `hidden` belong to one prompt):
+    the representation metrics use all rows pooled (as one matrix); `attentions` is then a list
+    with one `[layer, head, query, key]` array per segment (only its first end - start
+    queries/keys are read, so right padding is ignored).
+    Each head's entropy is the mean over all kept rows of all segments; the layer value is
+    the mean over heads, as for a single prompt.
+    """
+    hid = np.asarray(hidden)
+    if hid.ndim != 3:
+        raise ValueError(f"hidden must be 3-D [layer + 1, token, d_model], got {hid.shape}")
+    n_layers = hid.shape[0] - 1
+    if not segments and np.asarray(attentions).shape[0] != n_layers:
+        raise ValueError(f"attentions has {np.asarray(attentions).shape[0]} layers, "
+                         f"hidden has {n_layers} + 1")
+    h0 = hid[0]
+    t = hid.shape[1]
+    rows = []
+    for layer in range(n_layers + 1):
+        m = np.asarray(hid[layer], dtype=np.float64)
+        s = _centred_singular_values(m) if t >= 2 else None
+        if layer == 0:
+            att_ent = None
+        elif segments:
+            att_ent = _pooled_layer_attention_entropy(
+                _segment_attentions(attentions, layer, list(segments)), causal)
+        else:
+            att_ent = layer_attention_entropy(attentions[layer - 1], causal)
+        row = {
+            "layer": layer,
+            "effective_rank": None if s is None else _erank_from_s(s),
+            "participation_ratio": None if s is None else _pr_from_s(s, t),
+            "intrinsic_dim_pca95": None if s is None else _pca_dim_from_s(s),
+            "intrinsic_dim_twonn": intrinsic_dim_twonn(m),
+            "activation_entropy": activation_entropy(m),
+            "cosine_to_input": cosine_to_input(m, h0),
+            "anisotropy": anisotropy(m),
+            "attention_entropy": att_ent,
+        }
+        rows.append({k: (v if k == "layer" else _clean(v)) for k, v in row.items()})
+        log.debug("layer %d metrics: %s", layer, rows[-1])
+    return rows
