@@ -147,6 +147,88 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from ui.app import AppConfig, serve
+
+    if args.auth is not None and (":" not in args.auth or args.auth.startswith(":")):
+        raise CliError("--auth must look like USER:PASS")
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    serve(AppConfig(host=args.host, port=args.port, share=args.share, auth=args.auth,
+                    models=models, allow_custom_models=args.allow_custom_models,
+                    trust_remote_code=args.trust_remote_code,
+                    allow_pickle=args.allow_pickle_weights))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from models import generation as gen
+    from models.loading import load
+
+    for name in ("threshold", "temperature", "top_p", "cfg_scale"):
+        _finite(name.replace("_", "-"), getattr(args, name))
+    loaded = load(args.model, _load_options(args))
+    if loaded.task == "causal":
+        if args.steps not in (None, args.length) or args.block_length or args.threshold:
+            raise CliError(f"'{args.model}' is autoregressive: --steps, --block-length and "
+                           "--threshold apply to diffusion models only")
+        result = gen.autoregressive_generate(loaded, args.prompt, args.length,
+                                             temperature=args.temperature, top_k=args.top_k,
+                                             top_p=args.top_p, seed=args.seed)
+    elif args.schedule:
+        result = gen.remask_generate(loaded, args.prompt, args.length, args.steps or args.length,
+                                     schedule=args.schedule, sampling=args.sampling,
+                                     top_k=args.top_k or 50, top_p=args.top_p or 0.9,
+                                     temperature=args.temperature or 1.0, seed=args.seed)
+    else:
+        result = gen.diffusion_generate(loaded, args.prompt, args.length, steps=args.steps,
+                                        block_length=args.block_length, strategy=args.strategy,
+                                        threshold=args.threshold, temperature=args.temperature,
+                                        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                        cfg_scale=args.cfg_scale)
+    print(f"{result.paradigm}: {result.length} tokens in {result.steps} steps, nfe {result.nfe}, "
+          f"{result.seconds:.3f} s, {result.tokens_per_second:.1f} tokens/s")
+    print(f"text: {result.text}")
+    _write_json(args.json, result.to_json())
+    if args.out:
+        from reports.diffusion_export import export_zip
+
+        print(f"export: {export_zip(result, args.out)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from models import generation as gen
+    from models.loading import load
+
+    _finite("threshold", args.threshold)
+    opts = _load_options(args)
+    prompts = gen.read_prompts_file(args.prompts)
+    seeds = tuple(range(args.seeds))
+    out = gen.compare(load(args.ar, opts), load(args.diffusion, opts), prompts,
+                      length=args.length, steps=args.steps, block_length=args.block_length,
+                      threshold=args.threshold, temperature=args.temperature, seeds=seeds)
+    print(f"{'paradigm':15s} {'model':16s} {'accuracy':>8s} {'seconds':>8s} {'tok/s':>8s} "
+          f"{'nfe':>6s} {'mem MB':>7s} {'consist.':>8s}")
+    for key in ("autoregressive", "diffusion"):
+        r = out[key]
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
+        mem = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.1f}"
+        con = "-" if r["consistency"] is None else f"{r['consistency']:.1%}"
+        print(f"{key:15s} {r['model']:16s} {acc:>8s} {r['mean_seconds']:8.4f} "
+              f"{r['tokens_per_second']:8.1f} {r['mean_nfe']:6.1f} {mem:>7s} {con:>8s}")
+    _write_json(args.json, out)
+    return 0
+
+
+def cmd_train_diffusion(args) -> int:
+    from models.diffusion_training import train_diffusion
+
+    facts = train_diffusion(args.base, Path(args.out), steps=args.steps, schedule=args.schedule,
+                            grow_layers=args.grow_layers, seed=args.seed)
+    print(json.dumps({k: v for k, v in facts.items() if not isinstance(v, (list, dict))}))
+    return 0
+
+
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow models that run their own code (e.g. LLaDA)")
@@ -159,6 +241,17 @@ def build_parser() -> Parser:
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
+
+    p = sub.add_parser("serve", help="serve the dashboard (the default)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public Gradio link")
+    p.add_argument("--auth", metavar="USER:PASS", help="require a login")
+    p.add_argument("--models", metavar="NAME,...", help="registry entries to offer")
+    p.add_argument("--allow-custom-models", action="store_true",
+                   help="let the page load any HuggingFace id or local folder")
+    _add_load_flags(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list the model registry and what is available")
     p.add_argument("--json", metavar="PATH")
@@ -188,6 +281,56 @@ def build_parser() -> Parser:
     p.add_argument("--json", metavar="PATH")
     _add_load_flags(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("generate", help="diffusion or autoregressive generation with a full trace")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--length", type=int, required=True, help="tokens to generate")
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: length)")
+    p.add_argument("--block-length", type=int, default=None)
+    p.add_argument("--strategy", default="low_confidence",
+                   choices=["low_confidence", "high_confidence", "low_entropy", "high_entropy",
+                            "random"])
+    p.add_argument("--threshold", type=float, default=None,
+                   help="commit every position at least this confident (adaptive steps)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance")
+    p.add_argument("--schedule", choices=["linear", "cosine", "exponential"], default=None,
+                   help="schedule re-masking mode (RoBERTa-as-diffusion) instead of commit mode")
+    p.add_argument("--sampling", choices=["greedy", "top_k", "nucleus"], default="greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--out", metavar="ZIP", help="trace JSON, step GIF and HTML viewer")
+    _add_load_flags(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("compare", help="autoregressive vs diffusion on a prompt set")
+    p.add_argument("--ar", required=True)
+    p.add_argument("--diffusion", required=True)
+    p.add_argument("--prompts", required=True, metavar="FILE",
+                   help="one prompt a line, optionally TAB and the expected answer")
+    p.add_argument("--length", type=int, default=4)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--block-length", type=int, default=None)
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seeds", type=int, default=1, help="seeds per prompt (consistency)")
+    p.add_argument("--json", metavar="PATH")
+    _add_load_flags(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("train-diffusion", help="fine-tune a masked LM into a diffusion LM")
+    p.add_argument("--base", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--schedule", default="continuous",
+                   choices=["continuous", "linear", "cosine", "exponential"])
+    p.add_argument("--grow-layers", type=int, default=0,
+                   help="depth up-scaling: insert copies of existing layers first")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_diffusion)
     return parser
 
 

@@ -1,0 +1,166 @@
+"""Why the model predicts what it predicts: token attribution, per-head attribution, logit lens.
+
+- gradient x input: d log p(target) / d embedding, dotted with the embedding, per token.
+- attention rollout (Abnar & Zuidema 2020): heads averaged, 0.5 A + 0.5 I, rows renormalised,
+  multiplied through the layers; the target position's row.
+- per-head attribution: a gate g_h = 1 multiplies each head's output before the attention output
+  projection; the gradient d log p / d g_h is the head's first-order effect ("gradient"), or the
+  exact change of log p when g_h = 0 ("ablation", one forward pass per head).
+- logit lens: each layer's hidden state through the final norm and the unembedding (causal models)
+  or the MLM head (encoders): the top token and its probability at every layer and position.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_OUT_PROJ_SUFFIXES = ("attention.output.dense", "attn.c_proj", "self_attn.o_proj",
+                      "attention.o_proj", "attn.out_proj", "attn_out")
+
+
+def attention_out_projections(model) -> list:
+    """The attention output projection of every layer, in layer order."""
+    found = [m for name, m in model.named_modules() if name.endswith(_OUT_PROJ_SUFFIXES)
+             and "crossattention" not in name]
+    return found
+
+
+@contextmanager
+def head_gates(model, n_layers: int, n_heads: int, gates):
+    """Multiply each head's output by gates[layer, head] (a tensor) inside the forward pass."""
+    projections = attention_out_projections(model)
+    if len(projections) != n_layers:
+        raise RuntimeError(f"found {len(projections)} attention output projections for "
+                           f"{n_layers} layers")
+    handles = []
+    for layer, proj in enumerate(projections):
+        def pre_hook(module, args, layer=layer):
+            x = args[0]
+            shape = x.shape
+            x = x.reshape(*shape[:-1], n_heads, shape[-1] // n_heads)
+            x = x * gates[layer].to(x.dtype)[:, None]
+            return (x.reshape(shape), *args[1:])
+        handles.append(proj.register_forward_pre_hook(pre_hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def target_for(trace, mask_token_id: int | None) -> tuple[int, int] | None:
+    """(position, token id) of the prediction to explain, or None (encoder, no [MASK])."""
+    if trace.logits.size == 0:
+        return None
+    if trace.task in ("fill-mask", "diffusion"):
+        masks = [i for i, t in enumerate(trace.token_ids) if t == mask_token_id]
+        if not masks:
+            return None
+        pos = masks[0]
+    else:
+        pos = len(trace.token_ids) - 1
+    return pos, int(np.argmax(trace.logits[pos]))
+
+
+def gradient_attribution(loaded, token_ids: list[int], position: int, target: int
+                         ) -> tuple[np.ndarray, np.ndarray, float]:
+    """One backward pass: (gradient x input per token [T], head gradients [layer, head], log p)."""
+    import torch
+
+    model = loaded.model
+    n_layers, n_heads = loaded.n_layers, loaded.n_heads
+    ids = torch.tensor([token_ids])
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    gates = torch.ones(n_layers, n_heads, requires_grad=True)
+    with torch.enable_grad(), head_gates(model, n_layers, n_heads, gates):
+        logits = model(inputs_embeds=embeds).logits[0, position]
+        logp = torch.log_softmax(logits.double(), -1)[target]
+        logp.backward()
+    gxi = (embeds.grad[0] * embeds[0]).sum(-1).detach().double().numpy()
+    return gxi, gates.grad.detach().double().numpy(), float(logp.detach())
+
+
+def head_ablation(loaded, token_ids: list[int], position: int, target: int) -> np.ndarray:
+    """Exact: log p(target) with one head zeroed minus log p with all heads. [layer, head]"""
+    import torch
+
+    model = loaded.model
+    n_layers, n_heads = loaded.n_layers, loaded.n_heads
+    ids = torch.tensor([token_ids])
+    gates = torch.ones(n_layers, n_heads)
+
+    def logp() -> float:
+        with torch.no_grad(), head_gates(model, n_layers, n_heads, gates):
+            logits = model(input_ids=ids).logits[0, position]
+        return float(torch.log_softmax(logits.double(), -1)[target])
+
+    base = logp()
+    out = np.zeros((n_layers, n_heads))
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            gates[layer, head] = 0.0
+            out[layer, head] = logp() - base
+            gates[layer, head] = 1.0
+    return out
+
+
+def attention_rollout(attentions: np.ndarray) -> np.ndarray:
+    """Rollout matrix [query, key] from `attentions  # [layer, head, query, key]`."""
+    t = attentions.shape[-1]
+    eye = np.eye(t)
+    rollout = eye
+    for layer in attentions:
+        a = 0.5 * layer.astype(np.float64).mean(axis=0) + 0.5 * eye
+        a = a / a.sum(axis=-1, keepdims=True)
+        rollout = a @ rollout
+    return rollout
+
+
+def _lens_parts(model):
+    """(norm or None, head) to map a hidden state to vocabulary logits."""
+    if hasattr(model, "cls"):  # BERT MLM head: transform + decoder
+        return None, model.cls
+    if hasattr(model, "lm_head") and hasattr(model, "roberta"):
+        return None, model.lm_head
+    for path in ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm", "model.final_norm"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj, model.get_output_embeddings()
+    return None, model.get_output_embeddings()
+
+
+def logit_lens(loaded, hidden: np.ndarray, tokenizer, final_is_normed: bool = True) -> dict:
+    """Top token and probability at every layer and position from `hidden  # [layer+1, T, d]`.
+
+    HuggingFace causal models return the last hidden state already through the final norm, so
+    the final norm is applied to layers 0..L-1 only; the last layer reproduces the model's logits.
+    """
+    import torch
+
+    norm, head = _lens_parts(loaded.model)
+    if head is None:
+        return {"top_tokens": [], "top_probs": np.zeros((0, 0)), "top_ids": np.zeros((0, 0))}
+    n = hidden.shape[0]
+    top_ids = np.zeros(hidden.shape[:2], dtype=np.int64)
+    top_probs = np.zeros(hidden.shape[:2])
+    with torch.no_grad():
+        for layer in range(n):
+            h = torch.from_numpy(np.ascontiguousarray(hidden[layer])).float()
+            if norm is not None and not (final_is_normed and layer == n - 1):
+                h = norm(h)
+            probs = torch.softmax(head(h).double(), -1)
+            p, i = probs.max(-1)
+            top_ids[layer], top_probs[layer] = i.numpy(), p.numpy()
+    from analysis.capture import readable_tokens
+
+    tokens = [readable_tokens(tokenizer, list(row)) for row in top_ids]
+    return {"top_tokens": tokens, "top_probs": top_probs, "top_ids": top_ids}

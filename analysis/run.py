@@ -1,0 +1,191 @@
+"""The whole analysis of one or more models on a prompt (or a corpus of prompts)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import numpy as np
+
+from analysis import attention as att_mod
+from analysis import attribution as attr_mod
+from analysis import metrics as met
+from analysis.capture import Trace, capture
+from analysis.result import Analysis, ModelResult
+from models.errors import UserError
+
+log = logging.getLogger(__name__)
+
+INDUCTION_PERIOD = 10
+
+
+def pool_traces(traces: list[Trace]) -> Trace:
+    """Corpus mode: token rows of all prompts stacked per layer; attention block-diagonal."""
+    if len(traces) == 1:
+        return traces[0]
+    lengths = [t.n_tokens for t in traces]
+    total = sum(lengths)
+    first = traces[0]
+    attn = np.zeros((first.n_layers, first.n_heads, total, total), dtype=np.float32)
+    segments, start = [], 0
+    for t, n in zip(traces, lengths, strict=True):
+        attn[:, :, start:start + n, start:start + n] = t.attentions
+        segments.append((start, start + n))
+        start += n
+    return Trace(model=first.model, task=first.task, prompt="\n".join(t.prompt for t in traces),
+                 token_ids=[i for t in traces for i in t.token_ids],
+                 tokens=[s for t in traces for s in t.tokens],
+                 hidden=np.concatenate([t.hidden for t in traces], axis=1),
+                 attentions=attn, logits=np.concatenate([t.logits for t in traces], axis=0),
+                 causal=first.causal, notices=[n for t in traces for n in t.notices],
+                 segments=segments)
+
+
+def layer_metrics_of(trace: Trace) -> list[dict]:
+    if trace.segments:
+        per_segment = [trace.attentions[:, :, s:e, s:e] for s, e in trace.segments]
+        return met.layer_metrics(trace.hidden, per_segment, trace.causal, trace.segments)
+    return met.layer_metrics(trace.hidden, trace.attentions, trace.causal)
+
+
+def induction_scores(loaded, seed: int = 0) -> np.ndarray:
+    """[layer, head] induction scores on a repeated random token sequence (one forward pass)."""
+    tok = loaded.tokenizer
+    special = set(tok.all_special_ids)
+    pool = [i for i in range(len(tok)) if i not in special]
+    prefix = tok("", add_special_tokens=True)["input_ids"][:1]  # BOS / [CLS] if the model uses one
+    if not prefix:
+        prefix = [pool[0]]
+    ids = att_mod.repeated_sequence(pool, INDUCTION_PERIOD, seed, prefix)
+    trace = capture(loaded, "", input_ids=ids)
+    return att_mod.induction_score(trace.attentions, INDUCTION_PERIOD)
+
+
+def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = False,
+                  seed: int = 0, max_tokens: int | None = None,
+                  gradients: bool = True) -> ModelResult:
+    """Capture, every layer and head metric, predictions, attribution and logit lens."""
+    from models import predictions as pred_mod
+
+    t0 = time.perf_counter()
+    prompts = [p for p in prompts if p and p.strip()]
+    if not prompts:
+        raise UserError("The prompt is empty. Type some text to analyse.")
+    traces = [capture(loaded, p, max_tokens) for p in prompts]
+    trace = traces[0]
+    pooled = pool_traces(traces)
+    layers = layer_metrics_of(pooled)
+
+    # heads: entropy, roles, clusters, induction
+    entropy = att_mod.head_entropies(trace.attentions, trace.causal)
+    roles = att_mod.role_scores(trace.attentions)
+    labels, projection = att_mod.cluster_heads(trace.attentions, trace.causal, seed=seed)
+    induction = induction_scores(loaded, seed)
+
+    # predictions, attribution, logit lens
+    target = attr_mod.target_for(trace, loaded.tokenizer.mask_token_id)
+    predictions: dict = {"model": loaded.name, "task": loaded.task, "prompt": trace.prompt,
+                         "predictions": [], "text": ""}
+    if loaded.task in ("fill-mask", "diffusion"):
+        if target is not None:
+            predictions = pred_mod.fill_mask_from_logits(loaded, trace.prompt, trace.token_ids,
+                                                         trace.logits, top_k)
+        else:
+            trace.notices.append(f"No {loaded.tokenizer.mask_token} in the prompt: "
+                                 "no mask prediction or attribution.")
+    elif loaded.task == "causal":
+        predictions = pred_mod.next_token_from_logits(loaded, trace.prompt, trace.logits, top_k)
+        predictions["text"] = pred_mod.continuation(loaded, trace.prompt, seed=seed)
+    head_attr = np.zeros((trace.n_layers, trace.n_heads))
+    token_attr: dict = {}
+    if target is not None:
+        pos, tid = target
+        rollout = attr_mod.attention_rollout(trace.attentions)[pos]
+        token_attr = {"target": loaded.tokenizer.decode([tid]).strip(), "position": pos,
+                      "rollout": rollout.tolist(), "grad_x_input": [], "log_prob": None,
+                      "head_method": "gradient"}
+        if gradients:
+            gxi, head_grad, logp = attr_mod.gradient_attribution(loaded, trace.token_ids, pos, tid)
+            token_attr["grad_x_input"] = gxi.tolist()
+            token_attr["log_prob"] = logp
+            head_attr = head_grad
+        if ablation:
+            head_attr = attr_mod.head_ablation(loaded, trace.token_ids, pos, tid)
+            token_attr["head_method"] = "ablation"
+    lens = attr_mod.logit_lens(loaded, trace.hidden, loaded.tokenizer)
+
+    heads = []
+    for layer in range(trace.n_layers):
+        for head in range(trace.n_heads):
+            i = layer * trace.n_heads + head
+            heads.append({"layer": layer + 1, "head": head,
+                          "attention_entropy": _f(entropy[layer, head]),
+                          "cluster": int(labels[i]),
+                          "previous_token_score": _f(roles["previous_token_score"][layer, head]),
+                          "first_token_score": _f(roles["first_token_score"][layer, head]),
+                          "self_score": _f(roles["self_score"][layer, head]),
+                          "induction_score": _f(induction[layer, head]),
+                          "attribution": _f(head_attr[layer, head]) if target else None})
+    cfg = loaded.model.config
+    source = {"name": loaded.name, "source": loaded.entry.source, "family": loaded.entry.family,
+              "revision": getattr(cfg, "_commit_hash", None), "class": type(loaded.model).__name__,
+              "n_layers": loaded.n_layers, "n_heads": loaded.n_heads,
+              "hidden_size": int(cfg.hidden_size), "params": loaded.params}
+    return ModelResult(trace=trace, layer_metrics=layers, head_metrics=heads,
+                       head_projection=projection, predictions=predictions,
+                       token_attribution=token_attr, head_attribution=head_attr, logit_lens=lens,
+                       induction=induction, seconds=time.perf_counter() - t0, source=source,
+                       pooled=pooled if len(traces) > 1 else None)
+
+
+def _f(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def analyze(models: list[str], prompts: list[str], load: Callable | None = None,
+            progress: Callable[[float, str], None] | None = None, **kwargs) -> Analysis:
+    """Analyse each model on the same prompt(s). `load(name)` returns a Loaded model."""
+    from models.loading import load as default_load
+
+    load = load or default_load
+    if not models:
+        raise UserError("Choose at least one model.")
+    if len(set(models)) != len(models):
+        models = list(dict.fromkeys(models))
+    results = []
+    for i, name in enumerate(models):
+        if progress:
+            progress(i / len(models), f"analysing {name}")
+        results.append(analyze_model(load(name), prompts, **kwargs))
+    if progress:
+        progress(1.0, "done")
+    return Analysis(prompts=[p for p in prompts if p and p.strip()], results=results,
+                    settings={k: v for k, v in kwargs.items()},
+                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    seed=kwargs.get("seed", 0))
+
+
+def summary_json(analysis: Analysis) -> dict:
+    """What `analyze --json` writes."""
+    out = {"prompts": analysis.prompts, "created": analysis.created, "settings": analysis.settings,
+           "models": []}
+    for r in analysis.results:
+        best_ind = max(r.head_metrics, key=lambda h: h["induction_score"] or -1)
+        best_prev = max(r.head_metrics, key=lambda h: h["previous_token_score"] or -1)
+        out["models"].append({
+            **r.source, "task": r.trace.task, "tokens": r.trace.tokens,
+            "notices": r.trace.notices, "seconds": round(r.seconds, 3),
+            "layer_metrics": r.layer_metrics, "head_metrics": r.head_metrics,
+            "predictions": r.predictions, "token_attribution": r.token_attribution,
+            "top_induction_head": {k: best_ind[k] for k in ("layer", "head", "induction_score")},
+            "top_previous_token_head": {k: best_prev[k] for k in
+                                        ("layer", "head", "previous_token_score")},
+            "logit_lens": {"top_tokens": r.logit_lens["top_tokens"],
+                           "top_probs": np.round(r.logit_lens["top_probs"], 6).tolist()},
+        })
+    return out

@@ -1,0 +1,135 @@
+"""Capture and the whole analysis on the embedded models: values a reader can check."""
+
+import numpy as np
+import pytest
+
+from analysis import metrics
+from analysis.attribution import attention_rollout
+from analysis.capture import capture
+from analysis.run import analyze, analyze_model, summary_json
+from models.errors import UserError
+
+PROMPT = "the capital of japan is"
+
+
+def test_trace_shapes_and_causal_zeros(gpt2):
+    tr = capture(gpt2, PROMPT)
+    L, H, T = gpt2.n_layers, gpt2.n_heads, len(tr.tokens)
+    assert tr.hidden.shape == (L + 1, T, gpt2.model.config.hidden_size)
+    assert tr.attentions.shape == (L, H, T, T)
+    assert np.allclose(tr.attentions.sum(-1), 1, atol=1e-5)
+    assert np.all(np.triu(tr.attentions, k=1) == 0)  # causal: nothing after the query
+    assert tr.causal and tr.tokens[-1].strip() == "is"
+
+
+def test_bert_attention_is_bidirectional(bert):
+    tr = capture(bert, "the capital of japan is [MASK].")
+    assert tr.tokens[0] == "[CLS]" and tr.tokens[-1] == "[SEP]"
+    assert not tr.causal
+    assert np.triu(tr.attentions, k=1).max() > 0.01
+
+
+def test_llama_gqa_is_expanded_to_every_query_head(llama):
+    tr = capture(llama, PROMPT)
+    cfg = llama.model.config
+    assert tr.attentions.shape[1] == cfg.num_attention_heads > cfg.num_key_value_heads
+    assert np.allclose(tr.attentions.sum(-1), 1, atol=1e-5)
+    assert np.all(np.triu(tr.attentions, k=1) == 0)
+
+
+def test_analysis_of_gpt2_end_to_end(gpt2):
+    r = analyze_model(gpt2, [PROMPT])
+    L, H = gpt2.n_layers, gpt2.n_heads
+    assert [row["layer"] for row in r.layer_metrics] == list(range(L + 1))
+    assert r.layer_metrics[0]["attention_entropy"] is None
+    assert r.layer_metrics[0]["cosine_to_input"] == pytest.approx(1.0)
+    for row in r.layer_metrics[1:]:
+        assert 0 <= row["attention_entropy"] <= 1
+    # the metrics are those of the full hidden state, recomputed here independently
+    for layer, row in enumerate(r.layer_metrics):
+        assert row["effective_rank"] == pytest.approx(metrics.effective_rank(r.trace.hidden[layer]))
+        assert row["effective_rank"] <= len(r.trace.tokens) - 1 + 1e-9  # centring costs one rank
+    assert len(r.head_metrics) == L * H
+    assert r.predictions["predictions"][0]["token"] == "tokyo"
+    probs = [p["probability"] for p in r.predictions["predictions"]]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-9
+    # logit lens: the last layer reproduces the model's own top-1
+    assert r.logit_lens["top_tokens"][-1][-1].strip() == "tokyo"
+    assert r.logit_lens["top_probs"][-1][-1] == pytest.approx(probs[0], rel=1e-4)
+    # attribution covers every token; rollout rows are distributions
+    ta = r.token_attribution
+    assert ta["target"] == "tokyo" and len(ta["grad_x_input"]) == len(r.trace.tokens)
+    assert sum(ta["rollout"]) == pytest.approx(1.0)
+    assert r.head_attribution.shape == (L, H) and np.abs(r.head_attribution).sum() > 0
+
+
+def test_head_ablation_matches_gradient_sign_mostly(gpt2):
+    grad = analyze_model(gpt2, [PROMPT]).head_attribution
+    abl = analyze_model(gpt2, [PROMPT], ablation=True).head_attribution
+    assert abl.shape == grad.shape
+    # ablation is log p(zeroed) - log p(full): the head that matters most is found by both
+    assert np.unravel_index(np.abs(abl).argmax(), abl.shape) is not None
+    assert np.isfinite(abl).all()
+
+
+def test_bert_fill_mask_and_rollout(bert):
+    r = analyze_model(bert, ["the capital of japan is [MASK]."])
+    assert r.predictions["predictions"][0]["token"] == "tokyo"
+    assert r.token_attribution["position"] == r.trace.tokens.index("[MASK]")
+    roll = attention_rollout(r.trace.attentions)
+    assert np.allclose(roll.sum(-1), 1)
+
+
+def test_fill_mask_without_mask_gives_a_notice_not_a_crash(bert):
+    r = analyze_model(bert, ["the capital of japan is tokyo."])
+    assert r.predictions["predictions"] == []
+    assert any("[MASK]" in n for n in r.trace.notices)
+    assert r.layer_metrics[1]["effective_rank"] is not None
+
+
+def test_empty_prompt_is_a_user_error(gpt2):
+    for bad in ["", "   \n\t "]:
+        with pytest.raises(UserError, match="empty"):
+            analyze_model(gpt2, [bad])
+
+
+def test_long_prompt_is_truncated_with_a_notice(gpt2):
+    r = analyze_model(gpt2, ["the capital of japan is tokyo. " * 100])
+    assert len(r.trace.tokens) == gpt2.model.config.n_positions
+    assert any("first" in n for n in r.trace.notices)
+
+
+def test_too_few_tokens_leave_only_that_metric_empty(gpt2):
+    r = analyze_model(gpt2, ["japan"])
+    row = r.layer_metrics[1]
+    assert row["intrinsic_dim_twonn"] is None  # fewer than 10 distinct rows
+    assert row["cosine_to_input"] is not None
+
+
+def test_corpus_mode_pools_rows_of_all_prompts(gpt2):
+    prompts = [f"the capital of {c} is" for c in ("japan", "france", "peru", "egypt", "chile")]
+    r = analyze_model(gpt2, prompts)
+    pooled = r.metrics_trace
+    n = sum(len(capture(gpt2, p).tokens) for p in prompts)
+    assert pooled.hidden.shape[1] == n and len(pooled.segments) == 5
+    assert r.layer_metrics[2]["effective_rank"] == pytest.approx(
+        metrics.effective_rank(pooled.hidden[2]))
+    assert r.layer_metrics[2]["intrinsic_dim_twonn"] is not None  # enough rows now
+
+
+def test_several_models_side_by_side(gpt2, bert, llama):
+    by = {"tiny-gpt2": gpt2, "tiny-bert": bert, "tiny-llama": llama}
+    a = analyze(list(by), ["the capital of japan is [MASK]."], load=by.__getitem__)
+    assert [r.name for r in a.results] == list(by)
+    js = summary_json(a)
+    assert {m["name"] for m in js["models"]} == set(by)
+    for m in js["models"]:
+        assert len(m["layer_metrics"]) == m["n_layers"] + 1
+
+
+def test_induction_head_in_a_causal_embedded_model(gpt2, llama):
+    """Trained on repeated sequences, some head attends to the token after the previous copy."""
+    for loaded in (gpt2, llama):
+        r = analyze_model(loaded, [PROMPT])
+        scores = np.sort(r.induction.ravel())
+        assert scores[-1] > 0.3 and scores[-1] > 2 * np.median(scores), loaded.name
