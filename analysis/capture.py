@@ -60,6 +60,9 @@ def encode(loaded, prompt: str, max_tokens: int | None = None) -> tuple[list[int
     if prompt is None or not str(prompt).strip():
         raise UserError("The prompt is empty. Type some text to analyse.")
     tok = loaded.tokenizer
+    mask = getattr(tok, "mask_token", None)
+    if mask and mask != "[MASK]":  # let users type [MASK] for RoBERTa's <mask> and the like
+        prompt = prompt.replace("[MASK]", mask)
     ids = tok(prompt, add_special_tokens=True)["input_ids"]
     limit = context_length(loaded)
     if max_tokens is not None:
