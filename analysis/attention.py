@@ -179,6 +179,19 @@ def _canonical_labels(labels: np.ndarray) -> np.ndarray:
 
 def cluster_heads(attentions: np.ndarray, causal: bool, n_clusters: int | None = None,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`cluster_features` of `head_features(attentions, causal)`."""
+    return cluster_features(head_features(attentions, causal), n_clusters, seed)
+
+
+def features_from_stats(stats: dict[str, np.ndarray]) -> np.ndarray:
+    """`head_features` from per-head statistics `{name: [layer, head]}` (FEATURE_NAMES keys,
+    "attention_entropy" and "mean_distance" included) computed elsewhere, e.g. by the capture."""
+    cols = [np.asarray(stats[name], dtype=np.float64).reshape(-1) for name in FEATURE_NAMES]
+    return np.nan_to_num(np.stack(cols, axis=1), nan=0.0)
+
+
+def cluster_features(features: np.ndarray, n_clusters: int | None = None,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Cluster heads by behaviour: (labels `[layer * head]` int, projection `[layer * head, 2]`).
 
     Features per head (`head_features`, each in [0, 1]) are standardised (z-scores, the scale
@@ -189,7 +202,7 @@ def cluster_heads(attentions: np.ndarray, causal: bool, n_clusters: int | None =
     Labels are renumbered by first appearance. The projection is PCA of the standardised
     features onto 2 components (zero-padded when fewer exist). Rows are layer-major.
     """
-    z = _standardise(head_features(attentions, causal))
+    z = _standardise(np.asarray(features, dtype=np.float64))
     n = z.shape[0]
     n_distinct = int(np.unique(z, axis=0).shape[0]) if n else 0
     if n_distinct <= 1:

@@ -121,6 +121,21 @@ def attention_rollout(attentions: np.ndarray) -> np.ndarray:
     return rollout
 
 
+def rollout_row(attentions: np.ndarray, position: int) -> np.ndarray:
+    """Row `position` of `attention_rollout` without the T x T products: e_pos A'_L ... A'_1,
+    one vector-matrix product per layer, reading the layers from the top (works on the
+    memory-mapped float16 array of a long capture)."""
+    t = attentions.shape[-1]
+    v = np.zeros(t)
+    v[position] = 1.0
+    for layer in range(attentions.shape[0] - 1, -1, -1):
+        a = 0.5 * np.asarray(attentions[layer], dtype=np.float64).mean(axis=0)
+        a[np.arange(t), np.arange(t)] += 0.5
+        a /= a.sum(axis=-1, keepdims=True)
+        v = v @ a
+    return v
+
+
 def _lens_parts(model):
     """(norm or None, head) to map a hidden state to vocabulary logits."""
     if hasattr(model, "cls"):  # BERT MLM head: transform + decoder

@@ -7,6 +7,7 @@ re-runs the model to draw a plot.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,9 @@ class Trace:
     causal: bool  # True when row i may attend to keys 0..i only
     notices: list[str] = field(default_factory=list)  # e.g. truncation, shown to the user
     segments: list[tuple[int, int]] = field(default_factory=list)  # corpus mode: [start, end) rows
+    # per-head statistics computed during capture: {name: [layer, head]} for STAT_NAMES
+    head_stats: dict = field(default_factory=dict)
+    attention_file: str | None = None  # the .npy file behind `attentions` when kept on disk
 
     @property
     def n_layers(self) -> int:
@@ -91,11 +95,95 @@ def _expand_heads(att: np.ndarray, n_heads: int) -> np.ndarray:
     return np.repeat(att, n_heads // att.shape[0], axis=0)
 
 
+# Attention arrays over this size are kept as float16 in a file on disk, not in memory.
+ATTENTION_MEMORY_LIMIT = 256 * 2**20
+
+
+class AttentionStore:
+    """Receives one layer's attention `[head, query, key]` at a time as the forward pass goes.
+
+    It computes the per-head statistics on the spot (so nothing needs every layer at once) and
+    keeps the pattern: float32 in memory when the whole array fits ATTENTION_MEMORY_LIMIT,
+    otherwise float16 appended to an .npy file that is memory-mapped afterwards.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, n_tokens: int, causal: bool):
+        from analysis import attention as att_mod
+
+        self._att = att_mod
+        self.shape = (n_layers, n_heads, n_tokens, n_tokens)
+        self.causal = causal
+        self.stats = {name: np.full((n_layers, n_heads), np.nan) for name in STAT_NAMES}
+        self.on_disk = 4 * int(np.prod(self.shape, dtype=np.int64)) > ATTENTION_MEMORY_LIMIT
+        self.seen = 0
+        if self.on_disk:
+            import tempfile
+
+            self._dir = tempfile.mkdtemp(prefix="attention-")
+            self.path = os.path.join(self._dir, "attention.npy")
+            self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in finish()
+            np.lib.format.write_array_header_1_0(
+                self._fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                           "fortran_order": False, "shape": self.shape})
+        else:
+            self.path = None
+            self._array = np.empty(self.shape, dtype=np.float32)
+
+    def add(self, layer: int, att: np.ndarray) -> None:
+        a = _expand_heads(np.asarray(att, dtype=np.float32), self.shape[1])[None]
+        roles = self._att.role_scores(a)
+        for name in ("previous_token_score", "first_token_score", "self_score"):
+            self.stats[name][layer] = roles[name][0]
+        self.stats["attention_entropy"][layer] = self._att.head_entropies(a, self.causal)[0]
+        self.stats["mean_distance"][layer] = self._att.mean_attention_distance(a)[0]
+        if self.on_disk:
+            self._fh.write(a[0].astype(np.float16).tobytes())
+        else:
+            self._array[layer] = a[0]
+        self.seen += 1
+
+    def finish(self) -> np.ndarray:
+        if self.seen != self.shape[0]:
+            raise RuntimeError(f"captured {self.seen} attention layers of {self.shape[0]}")
+        if not self.on_disk:
+            return self._array
+        self._fh.close()
+        return np.load(self.path, mmap_mode="r")
+
+
+STAT_NAMES = ("attention_entropy", "previous_token_score", "first_token_score", "self_score",
+              "mean_distance")
+
+
+def attention_modules(model) -> tuple[list, int] | None:
+    """The modules whose output[index] is a layer's attention weights, in layer order.
+
+    Read from the model's own output-recording declaration (transformers 5); None when a model
+    does not declare one (then the capture asks for output_attentions instead).
+    """
+    spec = (getattr(model, "_can_record_outputs", None) or {}).get("attentions")
+    if spec is None:
+        return None
+    if isinstance(spec, type):
+        cls, index, suffix = spec, 1, None
+    else:
+        cls, index, suffix = spec.target_class, spec.index, spec.layer_name
+    mods = [m for name, m in model.named_modules()
+            if isinstance(m, cls) and (not suffix or name.endswith(suffix))]
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    if not mods or (n_layers and len(mods) != n_layers):
+        return None
+    return mods, index
+
+
 def capture(loaded, prompt: str, max_tokens: int | None = None,
             input_ids: list[int] | None = None) -> Trace:
     """Run one forward pass with hidden states and attentions and keep them as numpy arrays.
 
-    ``input_ids`` (already tokenised, e.g. a partly masked diffusion state) bypasses encoding.
+    Attention is taken layer by layer with forward hooks as the pass goes (never all layers at
+    once as float32 tensors), reduced to per-head statistics on the spot and stored (float16
+    on disk when large; see AttentionStore). ``input_ids`` (already tokenised, e.g. a partly
+    masked diffusion state) bypasses encoding.
     """
     import torch
 
@@ -104,19 +192,46 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
     else:
         ids, notices = list(input_ids), []
     model = loaded.model
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True,
-                    output_attentions=True)
-    if not out.attentions or out.attentions[0] is None:
-        raise UserError(f"'{loaded.name}' returned no attention weights (it must be loaded with "
-                        "attn_implementation='eager').")
-    n_heads = loaded.n_heads
+    store = AttentionStore(loaded.n_layers, loaded.n_heads, len(ids), loaded.causal)
+    found = attention_modules(model)
+    handles = []
+    if found is not None:
+        mods, index = found
+        for layer, mod in enumerate(mods):
+            def hook(module, args, output, layer=layer, index=index):
+                w = output[index] if isinstance(output, tuple) and len(output) > index else None
+                if w is None:
+                    raise RuntimeError("attention weights not returned: load the model with "
+                                       "attn_implementation='eager'")
+                store.add(layer, w[0].detach().float().cpu().numpy())
+            handles.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), output_hidden_states=True,
+                        output_attentions=found is None)
+    except RuntimeError as exc:
+        raise UserError(f"'{loaded.name}' gave no attention weights ({exc}).") from None
+    finally:
+        for h in handles:
+            h.remove()
+    if found is None:
+        if not out.attentions or out.attentions[0] is None:
+            raise UserError(f"'{loaded.name}' returned no attention weights (it must be loaded "
+                            "with attn_implementation='eager').")
+        for layer, a in enumerate(out.attentions):
+            store.add(layer, a[0].float().numpy())
+    attentions = store.finish()
+    if store.on_disk:
+        notices.append(f"The attention array ({np.prod(store.shape) * 4 / 2**20:.0f} MB as "
+                       "float32) is kept as float16 on disk.")
     hidden = np.stack([h[0].float().numpy() for h in out.hidden_states]).astype(np.float32)
-    attentions = np.stack([_expand_heads(a[0].float().numpy(), n_heads)
-                           for a in out.attentions]).astype(np.float32)
     logits = getattr(out, "logits", None)
-    logits = (logits[0].float().numpy().astype(np.float32) if logits is not None
+    logits = (logits[0].float().numpy() if logits is not None
               else np.zeros((len(ids), 0), np.float32))
+    if logits.nbytes > ATTENTION_MEMORY_LIMIT:
+        logits = logits.astype(np.float16)
+    del out
     return Trace(model=loaded.name, task=loaded.task, prompt=prompt, token_ids=ids,
                  tokens=readable_tokens(loaded.tokenizer, ids), hidden=hidden,
-                 attentions=attentions, logits=logits, causal=loaded.causal, notices=notices)
+                 attentions=attentions, logits=logits, causal=loaded.causal, notices=notices,
+                 head_stats=store.stats, attention_file=store.path)

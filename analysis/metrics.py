@@ -334,7 +334,8 @@ def _segment_attentions(attentions, layer: int, segments: list[tuple[int, int]]
 
 
 def layer_metrics(hidden: np.ndarray, attentions, causal: bool,
-                  segments: list[tuple[int, int]] | None = None) -> list[dict]:
+                  segments: list[tuple[int, int]] | None = None,
+                  attention_entropy: Sequence[float | None] | None = None) -> list[dict]:
     """One dict per layer 0..L of every metric in design.md; values are python numbers or None.
 
     `hidden  # [layer + 1, token, d_model]` (layer 0 = embeddings).
@@ -346,12 +347,17 @@ def layer_metrics(hidden: np.ndarray, attentions, causal: bool,
     queries/keys are read, so right padding is ignored).
     Each head's entropy is the mean over all kept rows of all segments; the layer value is
     the mean over heads, as for a single prompt.
+
+    `attention_entropy` (one value per block 1..L), when given, replaces the computation from
+    `attentions` (the capture computes it layer by layer as the forward pass goes).
     """
     hid = np.asarray(hidden)
     if hid.ndim != 3:
         raise ValueError(f"hidden must be 3-D [layer + 1, token, d_model], got {hid.shape}")
     n_layers = hid.shape[0] - 1
-    if not segments and np.asarray(attentions).shape[0] != n_layers:
+    if attention_entropy is not None and len(attention_entropy) != n_layers:
+        raise ValueError(f"{len(attention_entropy)} attention entropies for {n_layers} layers")
+    if attention_entropy is None and not segments and np.asarray(attentions).shape[0] != n_layers:
         raise ValueError(f"attentions has {np.asarray(attentions).shape[0]} layers, "
                          f"hidden has {n_layers} + 1")
     h0 = hid[0]
@@ -362,6 +368,8 @@ def layer_metrics(hidden: np.ndarray, attentions, causal: bool,
         s = _centred_singular_values(m) if t >= 2 else None
         if layer == 0:
             att_ent = None
+        elif attention_entropy is not None:
+            att_ent = attention_entropy[layer - 1]
         elif segments:
             att_ent = _pooled_layer_attention_entropy(
                 _segment_attentions(attentions, layer, list(segments)), causal)

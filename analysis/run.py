@@ -47,6 +47,10 @@ def layer_metrics_of(trace: Trace) -> list[dict]:
     if trace.segments:
         per_segment = [trace.attentions[:, :, s:e, s:e] for s, e in trace.segments]
         return met.layer_metrics(trace.hidden, per_segment, trace.causal, trace.segments)
+    if trace.head_stats:  # computed during the forward pass, the same formula
+        ent = trace.head_stats["attention_entropy"]
+        per_layer = [None if np.isnan(row).all() else float(np.nanmean(row)) for row in ent]
+        return met.layer_metrics(trace.hidden, None, trace.causal, attention_entropy=per_layer)
     return met.layer_metrics(trace.hidden, trace.attentions, trace.causal)
 
 
@@ -79,9 +83,9 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
     layers = layer_metrics_of(pooled)
 
     # heads: entropy, roles, clusters, induction
-    entropy = att_mod.head_entropies(trace.attentions, trace.causal)
-    roles = att_mod.role_scores(trace.attentions)
-    labels, projection = att_mod.cluster_heads(trace.attentions, trace.causal, seed=seed)
+    roles = trace.head_stats
+    entropy = roles["attention_entropy"]
+    labels, projection = att_mod.cluster_features(att_mod.features_from_stats(roles), seed=seed)
     induction = induction_scores(loaded, seed)
 
     # predictions, attribution, logit lens
@@ -102,7 +106,7 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
     token_attr: dict = {}
     if target is not None:
         pos, tid = target
-        rollout = attr_mod.attention_rollout(trace.attentions)[pos]
+        rollout = attr_mod.rollout_row(trace.attentions, pos)
         token_attr = {"target": loaded.tokenizer.decode([tid]).strip(), "position": pos,
                       "rollout": rollout.tolist(), "grad_x_input": [], "log_prob": None,
                       "head_method": "gradient"}

@@ -85,6 +85,12 @@ def continuation(loaded: Loaded, prompt: str, max_new_tokens: int = 12, temperat
             ids = [tok.bos_token_id] + ids
     else:
         ids = tok(prompt)["input_ids"]
+    from analysis.capture import context_length
+
+    room = context_length(loaded) - max_new_tokens
+    if room < 1:
+        raise UserError(f"{max_new_tokens} new tokens do not fit the context of '{loaded.name}'.")
+    ids = ids[-room:]  # the most recent context when the prompt is longer than the model's window
     torch.manual_seed(seed)
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id)
     if temperature > 0:

@@ -133,3 +133,34 @@ def test_induction_head_in_a_causal_embedded_model(gpt2, llama):
         r = analyze_model(loaded, [PROMPT])
         scores = np.sort(r.induction.ravel())
         assert scores[-1] > 0.3 and scores[-1] > 2 * np.median(scores), loaded.name
+
+
+def test_rollout_row_equals_the_full_rollout(gpt2):
+    from analysis.attribution import rollout_row
+
+    tr = capture(gpt2, PROMPT)
+    full = attention_rollout(tr.attentions)
+    for pos in range(len(tr.tokens)):
+        assert np.allclose(rollout_row(tr.attentions, pos), full[pos])
+
+
+def test_streamed_head_stats_equal_the_whole_array_computation(llama):
+    from analysis import attention as att
+
+    tr = capture(llama, PROMPT)
+    assert np.allclose(tr.head_stats["attention_entropy"], att.head_entropies(tr.attentions, True))
+    roles = att.role_scores(tr.attentions)
+    for name, value in roles.items():
+        assert np.allclose(tr.head_stats[name], value)
+
+
+def test_large_attention_goes_to_float16_on_disk(gpt2, monkeypatch):
+    from analysis import capture as cap
+
+    small = capture(gpt2, PROMPT)
+    monkeypatch.setattr(cap, "ATTENTION_MEMORY_LIMIT", 16)
+    big = capture(gpt2, PROMPT)
+    assert big.attention_file and big.attentions.dtype == np.float16
+    assert np.allclose(big.attentions, small.attentions, atol=1e-3)
+    assert np.allclose(big.head_stats["attention_entropy"], small.head_stats["attention_entropy"])
+    assert any("float16" in n for n in big.notices)
