@@ -130,16 +130,22 @@ class AttentionStore:
             self._array = np.empty(self.shape, dtype=np.float32)
 
     def add(self, layer: int, att: np.ndarray) -> None:
-        a = _expand_heads(np.asarray(att, dtype=np.float32), self.shape[1])[None]
-        roles = self._att.role_scores(a)
-        for name in ("previous_token_score", "first_token_score", "self_score"):
-            self.stats[name][layer] = roles[name][0]
-        self.stats["attention_entropy"][layer] = self._att.head_entropies(a, self.causal)[0]
-        self.stats["mean_distance"][layer] = self._att.mean_attention_distance(a)[0]
+        a = _expand_heads(np.asarray(att, dtype=np.float32), self.shape[1])
+        t = a.shape[-1]
+        chunk = max(1, (64 * 2**20) // (8 * t * t))  # heads per float64 working set of 64 MB
+        for h0 in range(0, a.shape[0], chunk):
+            part = a[None, h0:h0 + chunk]
+            heads = slice(h0, h0 + part.shape[1])
+            roles = self._att.role_scores(part)
+            for name in ("previous_token_score", "first_token_score", "self_score"):
+                self.stats[name][layer, heads] = roles[name][0]
+            self.stats["attention_entropy"][layer, heads] = self._att.head_entropies(
+                part, self.causal)[0]
+            self.stats["mean_distance"][layer, heads] = self._att.mean_attention_distance(part)[0]
         if self.on_disk:
-            self._fh.write(a[0].astype(np.float16).tobytes())
+            self._fh.write(a.astype(np.float16).tobytes())
         else:
-            self._array[layer] = a[0]
+            self._array[layer] = a
         self.seen += 1
 
     def finish(self) -> np.ndarray:

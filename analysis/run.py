@@ -69,7 +69,7 @@ def induction_scores(loaded, seed: int = 0) -> np.ndarray:
 
 def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = False,
                   seed: int = 0, max_tokens: int | None = None,
-                  gradients: bool = True) -> ModelResult:
+                  gradients: bool = True, continuation_tokens: int = 12) -> ModelResult:
     """Capture, every layer and head metric, predictions, attribution and logit lens."""
     from models import predictions as pred_mod
 
@@ -101,7 +101,9 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
                                  "no mask prediction or attribution.")
     elif loaded.task == "causal":
         predictions = pred_mod.next_token_from_logits(loaded, trace.prompt, trace.logits, top_k)
-        predictions["text"] = pred_mod.continuation(loaded, trace.prompt, seed=seed)
+        if continuation_tokens:
+            predictions["text"] = pred_mod.continuation(loaded, trace.prompt,
+                                                        max_new_tokens=continuation_tokens, seed=seed)
     head_attr = np.zeros((trace.n_layers, trace.n_heads))
     token_attr: dict = {}
     if target is not None:

@@ -1,0 +1,47 @@
+"""Target 1: analysis overhead on a GPT-2-124M-shaped model at 128 tokens.
+
+    python bench/bench_analysis.py
+
+Baseline: one bare forward pass with output_attentions and output_hidden_states, timed in this
+run. Measured: capture + every layer and head metric (no figures, no gradient attribution), and
+the whole analysis including gradient attribution.
+"""
+
+from common import line, median_time, prompt_of, random_model  # noqa: I001
+
+import torch
+
+from analysis.capture import capture, encode
+from analysis.run import analyze_model, layer_metrics_of
+from analysis import attention as att_mod
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    loaded = random_model("gpt2-124m")
+    prompt = prompt_of(128, bos=False)
+    ids, _ = encode(loaded, prompt)
+    assert len(ids) == 128, len(ids)
+    x = torch.tensor([ids])
+
+    def bare():
+        with torch.no_grad():
+            loaded.model(input_ids=x, output_attentions=True, output_hidden_states=True)
+
+    def metrics_only():
+        trace = capture(loaded, prompt)
+        layer_metrics_of(trace)
+        att_mod.cluster_features(att_mod.features_from_stats(trace.head_stats))
+
+    def whole():
+        analyze_model(loaded, [prompt])
+
+    base = median_time(bare, repeat=5)
+    line("capture + layer and head metrics, gpt2-124m, 128 tokens", median_time(metrics_only, 5),
+         "s", base, "<= 1.3x")
+    line("whole analysis incl. gradient attribution, gpt2-124m, 128 tokens",
+         median_time(whole, 3), "s", base, "<= 3.5x")
+
+
+if __name__ == "__main__":
+    main()
