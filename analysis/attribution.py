@@ -53,6 +53,36 @@ def head_gates(model, n_layers: int, n_heads: int, gates):
             h.remove()
 
 
+# Above this many bytes of attention activations, the backward pass recomputes each block
+# instead of keeping every block's attention (gradient checkpointing, eval mode kept).
+CHECKPOINT_ABOVE = 1 * 2**30
+
+
+@contextmanager
+def checkpointed_blocks(model, enabled: bool):
+    """Wrap each transformer block's forward in torch.utils.checkpoint (eval mode, no dropout)."""
+    if not enabled:
+        yield
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    spec = (getattr(model, "_can_record_outputs", None) or {}).get("hidden_states")
+    blocks = [m for m in model.modules() if isinstance(spec, type) and isinstance(m, spec)]
+    originals = []
+    for block in blocks:
+        original = block.forward
+
+        def forward(*args, _original=original, **kwargs):
+            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+        originals.append((block, original))
+        block.forward = forward
+    try:
+        yield
+    finally:
+        for block, _ in originals:
+            del block.forward  # back to the class's forward
+
+
 def target_for(trace, mask_token_id: int | None) -> tuple[int, int] | None:
     """(position, token id) of the prediction to explain, or None (encoder, no [MASK])."""
     if trace.logits.size == 0:
@@ -77,8 +107,11 @@ def gradient_attribution(loaded, token_ids: list[int], position: int, target: in
     ids = torch.tensor([token_ids])
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
     gates = torch.ones(n_layers, n_heads, requires_grad=True)
-    with torch.enable_grad(), head_gates(model, n_layers, n_heads, gates):
-        logits = model(inputs_embeds=embeds).logits[0, position]
+    t = len(token_ids)
+    big = 3 * 4 * n_layers * n_heads * t * t > CHECKPOINT_ABOVE
+    with torch.enable_grad(), head_gates(model, n_layers, n_heads, gates), \
+            checkpointed_blocks(model, big):
+        logits = model(inputs_embeds=embeds, use_cache=False).logits[0, position]
         logp = torch.log_softmax(logits.double(), -1)[target]
         logp.backward()
     gxi = (embeds.grad[0] * embeds[0]).sum(-1).detach().double().numpy()

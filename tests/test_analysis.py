@@ -164,3 +164,15 @@ def test_large_attention_goes_to_float16_on_disk(gpt2, monkeypatch):
     assert np.allclose(big.attentions, small.attentions, atol=1e-3)
     assert np.allclose(big.head_stats["attention_entropy"], small.head_stats["attention_entropy"])
     assert any("float16" in n for n in big.notices)
+
+
+def test_checkpointed_backward_gives_the_same_gradients(gpt2, monkeypatch):
+    from analysis import attribution as attr
+
+    ids = capture(gpt2, PROMPT).token_ids
+    plain = attr.gradient_attribution(gpt2, ids, len(ids) - 1, 42)
+    monkeypatch.setattr(attr, "CHECKPOINT_ABOVE", 0)
+    ckpt = attr.gradient_attribution(gpt2, ids, len(ids) - 1, 42)
+    for a, b in zip(plain, ckpt, strict=True):
+        assert np.allclose(a, b, atol=1e-6)
+    assert "forward" not in vars(gpt2.model.transformer.h[0])  # the wrapper is removed

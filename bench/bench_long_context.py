@@ -1,0 +1,78 @@
+"""Target 2: long context on a TinyLlama-1.1B-shaped model (random weights, real shape).
+
+    python bench/bench_long_context.py            # 512-token time ratio, then 2048-token memory
+    python bench/bench_long_context.py --only 512
+
+At 512 tokens: the whole analysis vs one bare forward pass with attentions and hidden states,
+timed in this run (target <= 3x). At 2048 tokens: the whole analysis in a fresh process; its
+peak resident memory minus the memory of the loaded weights (target <= 4 GB; all layers'
+float32 attentions at once would be about 12 GB).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+from common import line, median_time, peak_rss_mb, prompt_of, random_model, rss_mb
+
+
+def time_ratio(n_tokens: int) -> None:
+    import torch
+
+    from analysis.capture import encode
+    from analysis.run import analyze_model
+
+    torch.set_num_threads(2)
+    loaded = random_model("tinyllama-1.1b")
+    prompt = prompt_of(n_tokens, bos=True)
+    ids, _ = encode(loaded, prompt)
+    x = torch.tensor([ids])
+
+    def bare():
+        with torch.no_grad():
+            loaded.model(input_ids=x, output_attentions=True, output_hidden_states=True)
+
+    base = median_time(bare, repeat=2)
+    whole = median_time(lambda: analyze_model(loaded, [prompt]), repeat=1, warmup=0)
+    line(f"whole analysis, tinyllama-1.1b shape, {len(ids)} tokens", whole, "s", base, "<= 3x")
+
+
+def memory_child(n_tokens: int) -> None:
+    import torch
+
+    from analysis.run import analyze_model
+
+    torch.set_num_threads(2)
+    loaded = random_model("tinyllama-1.1b")
+    weights_mb = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 2**20
+    after_load = rss_mb()
+    result = analyze_model(loaded, [prompt_of(n_tokens, bos=True)])
+    print(json.dumps({"weights_mb": weights_mb, "rss_after_load_mb": after_load,
+                      "peak_mb": peak_rss_mb(), "tokens": result.trace.n_tokens,
+                      "attention_on_disk": bool(result.trace.attention_file)}))
+
+
+def memory(n_tokens: int) -> None:
+    proc = subprocess.run([sys.executable, __file__, "--child", str(n_tokens)],
+                          capture_output=True, text=True, check=True)
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    extra = data["peak_mb"] - data["rss_after_load_mb"]
+    print(f"peak memory over the loaded model, tinyllama-1.1b shape, {data['tokens']} tokens: "
+          f"{extra / 1024:.2f} GB vs budget 4.00 GB -> ratio {extra / 4096:.2f}x (target <= 1.0x;"
+          f" weights {data['weights_mb'] / 1024:.2f} GB, attention on disk: "
+          f"{data['attention_on_disk']})", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", type=int)
+    parser.add_argument("--only", type=int, choices=[512, 2048])
+    args = parser.parse_args()
+    if args.child:
+        memory_child(args.child)
+    else:
+        if args.only in (None, 512):
+            time_ratio(512)
+        if args.only in (None, 2048):
+            memory(2048)
