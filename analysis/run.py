@@ -54,12 +54,25 @@ def layer_metrics_of(trace: Trace) -> list[dict]:
     return met.layer_metrics(trace.hidden, trace.attentions, trace.causal)
 
 
+def word_pool(tokenizer) -> list[int]:
+    """Token ids for random probe sequences: whole-word tokens made of letters (byte-level 'Ġ'
+    or sentencepiece '▁' word starts; WordPiece pieces without '##'), else every non-special id."""
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    toks = [tokenizer.convert_ids_to_tokens(i) or "" for i in ids]
+    marked = any(t[:1] in ("Ġ", "▁") for t in toks)
+    words = [i for i, t in zip(ids, toks, strict=True)
+             if (t[1:].isalpha() and len(t) >= 3 and t[:1] in ("Ġ", "▁")) if marked
+             or (t.isalpha() and len(t) >= 2)]
+    return words if len(words) >= 4 * INDUCTION_PERIOD else ids
+
+
 def induction_scores(loaded, seed: int = 0) -> np.ndarray:
-    """[layer, head] induction scores on a repeated random token sequence (one forward pass)."""
+    """[layer, head] induction scores on a repeated random sequence of whole-word tokens
+    (one forward pass). See analysis.attention.induction_score for the layout."""
     tok = loaded.tokenizer
-    special = set(tok.all_special_ids)
-    pool = [i for i in range(len(tok)) if i not in special]
     prefix = tok("", add_special_tokens=True)["input_ids"][:1]  # BOS / [CLS] if the model uses one
+    pool = word_pool(tok)
     if not prefix:
         prefix = [pool[0]]
     ids = att_mod.repeated_sequence(pool, INDUCTION_PERIOD, seed, prefix)

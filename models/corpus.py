@@ -85,6 +85,9 @@ class CorpusConfig:
     repeats: int = 4000  # repeated random sequences
     min_period: int = 3
     max_period: int = 12
+    # words of the repeated sequences: "all" corpus words (so copying generalises beyond a
+    # fixed list) or "pool" (the POOL list only; tiny-bert was trained with that)
+    repeat_pool: str = "all"
 
 
 def capital_facts() -> list[tuple[str, str]]:
@@ -122,9 +125,10 @@ def generate(cfg: CorpusConfig = CorpusConfig()) -> list[str]:
                               place=rng.choice(PLACES), animal=animal,
                               sound=ANIMAL_SOUNDS[animal], country=country,
                               capital=CAPITALS[country], op1=op1, op2=op2))
+    pool = POOL if cfg.repeat_pool == "pool" else [w for w in words(lines) if w.isalpha()]
     for _ in range(cfg.repeats):
         period = rng.randint(cfg.min_period, cfg.max_period)
-        seq = " ".join(rng.choice(POOL) for _ in range(period))
+        seq = " ".join(rng.choice(pool) for _ in range(period))
         # with and without separators, so copying does not lean on the full stops
         lines.append(f"{seq}. {seq}. {seq}." if rng.random() < 0.5 else f"{seq} {seq} {seq}")
     rng.shuffle(lines)

@@ -269,18 +269,20 @@ def greedy_words(model, tokenizer, text: str, n_tokens: int) -> str:
 # ----------------------------------------------------------------------------- recipe
 
 TRAIN = {
-    "tiny-bert": TrainConfig(steps=4000, lr=2e-3, mask_rate=0.25),
-    "tiny-gpt2": TrainConfig(steps=4000, lr=2e-3),
+    "tiny-bert": TrainConfig(steps=5000, lr=1e-3, warmup=300, mask_rate=0.25),
+    "tiny-gpt2": TrainConfig(steps=6000, lr=2e-3),
     "tiny-llama": TrainConfig(steps=4000, lr=2e-3),
 }
+CORPUS = {"tiny-bert": corpus_mod.CorpusConfig(repeat_pool="pool")}
 TOKENIZERS = {"tiny-bert": bert_tokenizer, "tiny-gpt2": gpt2_tokenizer,
               "tiny-llama": llama_tokenizer}
 
 
 def make(name: str, out_dir: Path | None = None, cfg: TrainConfig | None = None,
-         corpus_cfg: corpus_mod.CorpusConfig = corpus_mod.CorpusConfig()) -> dict:
+         corpus_cfg: corpus_mod.CorpusConfig | None = None) -> dict:
     """Run one recipe end to end and save the checkpoint; returns the model-card facts."""
     cfg = cfg or TRAIN[name]
+    corpus_cfg = corpus_cfg or CORPUS.get(name, corpus_mod.CorpusConfig())
     out_dir = Path(out_dir or EMBEDDED / name)
     lines = training_lines(name, corpus_cfg)
     tokenizer = TOKENIZERS[name](lines)
