@@ -1,0 +1,496 @@
+"""The PDF report (reportlab platypus): title page, tables per model, every figure with a
+numbered caption, the metric definitions, the session settings.
+
+`write_pdf(analysis, path)` draws the figures itself unless the caller (the bundle) passes the
+PNGs it already rendered, keyed by `FigureSpec.name`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_CENTER
+from reportlab.lib.pagesizes import A4, landscape
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import cm
+from reportlab.platypus import (
+    BaseDocTemplate,
+    Frame,
+    Image,
+    KeepTogether,
+    NextPageTemplate,
+    PageBreak,
+    PageTemplate,
+    Paragraph,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+from analysis.result import LAYER_COLUMNS, Analysis, ModelResult
+from reports import figures as figs
+
+log = logging.getLogger(__name__)
+
+TITLE = "Transformer analysis report"
+PAGE = A4
+MARGIN = 1.6 * cm
+FRAME_W = PAGE[0] - 2 * MARGIN
+FRAME_H = PAGE[1] - 2 * MARGIN
+WIDE_PAGE = landscape(A4)  # for figures too wide to read on a portrait page
+WIDE_W = WIDE_PAGE[0] - 2 * MARGIN
+WIDE_H = WIDE_PAGE[1] - 2 * MARGIN
+CAPTION_RESERVE = 4.2 * cm  # height kept free under a figure for its caption
+MAX_PROMPTS_SHOWN = 20
+MAX_PROMPT_CHARS = 1500
+MAX_TOKENS_SHOWN = 200
+TOP_HEADS = 5
+FIGURE_DPI = 110  # PNGs without a dpi tag are taken to be at this resolution
+
+# What `package_versions` reports: import name -> distribution name.
+PACKAGES = {"torch": "torch", "transformers": "transformers", "numpy": "numpy",
+            "gradio": "gradio", "matplotlib": "matplotlib", "reportlab": "reportlab",
+            "seaborn": "seaborn", "scipy": "scipy", "scikit-learn": "scikit-learn",
+            "pillow": "pillow"}
+
+# design.md "Metric definitions", word for word, plus the head and attribution measures.
+DEFINITIONS_INTRO = (
+    "For one layer, let H be the T x d matrix of token vectors, and Hc = H minus its mean row. "
+    "Layer 0 is the embedding output; layer l >= 1 is the output of block l, so attention "
+    "entropy is empty on layer 0. Computed on the full hidden state (every token, every "
+    "dimension), in float64. With several prompts (corpus mode) the token rows of all prompts "
+    "are pooled per layer.")
+DEFINITIONS = [
+    ("effective_rank", "Effective rank (Roy &amp; Vetterli 2007): s = singular values of Hc, "
+     "p = s / sum(s), erank = exp(-sum p log p)."),
+    ("participation_ratio", "l = eigenvalues of the covariance of Hc (= s^2 / (T - 1)); "
+     "PR = (sum l)^2 / sum l^2. Not truncated to an integer."),
+    ("intrinsic_dim_pca95", "The smallest k whose k largest l explain >= 95% of sum l."),
+    ("intrinsic_dim_twonn", "TwoNN (Facco et al. 2017) on the rows of H, Euclidean distances, "
+     "discarding the largest 10% of the ratios mu = r2/r1, slope of -log(1 - F(mu)) on log(mu) "
+     "through the origin. Empty when fewer than 10 distinct rows."),
+    ("activation_entropy", "Matrix (von Neumann) entropy of the token Gram matrix, normalised: "
+     "Z = rows of Hc scaled to unit length, K = Z Z^T, lambda = eig(K) / trace(K), "
+     "S = -sum lambda log lambda / log(min(T, d)), in [0, 1]."),
+    ("cosine_to_input", "Mean over tokens t of cos(H_l[t], H_0[t])."),
+    ("anisotropy", "Mean cosine over all pairs of distinct token vectors of the layer."),
+    ("attention_entropy", "Of one head and query row i: -sum_j a_ij log a_ij / log(n_i), where "
+     "n_i is the number of keys row i may attend to (i + 1 for causal models, T otherwise); rows "
+     "with n_i = 1 are skipped. Head value = mean over rows; layer value = mean over heads."),
+]
+HEAD_DEFINITIONS = [
+    ("previous_token_score", "Mean over query rows i >= 1 of a[i, i - 1]."),
+    ("first_token_score", "Mean over query rows i >= 1 of a[i, 0] (an attention sink on the "
+     "first token scores high)."),
+    ("self_score", "Mean over all query rows i of a[i, i]."),
+    ("induction_score", "On a sequence [prefix] + B + B, B a block of 10 random tokens: the mean, "
+     "over the queries i of the second copy, of a[i, i - 10 + 1], the attention to the token "
+     "that followed the current token's previous occurrence (1 = perfect induction head)."),
+    ("cluster", "k-means on the standardised head features (previous-token, first-token and self "
+     "scores, attention entropy, mean attention distance sum_j a_ij |i - j| / T), k chosen by "
+     "silhouette; the scatter shows the first two principal components of the features."),
+    ("attribution (token)", "Gradient x input: d log p(target) / d embedding, dotted with the "
+     "embedding, per token. Attention rollout (Abnar &amp; Zuidema 2020): heads averaged, "
+     "0.5 A + 0.5 I, rows renormalised, multiplied through the layers; the target position's "
+     "row."),
+    ("attribution (head)", "A gate g_h = 1 multiplies each head's output before the attention "
+     "output projection; the gradient d log p / d g_h is the head's first-order effect "
+     "(gradient), or the exact change of log p when g_h = 0 (ablation)."),
+    ("logit lens", "Each layer's hidden state through the final norm and the unembedding "
+     "(causal models) or the MLM head (encoders): the top token and its probability at every "
+     "layer and position."),
+]
+
+
+TABLE_LABELS = {"effective_rank": "effective rank", "participation_ratio": "particip. ratio",
+                "intrinsic_dim_pca95": "ID PCA 95%", "intrinsic_dim_twonn": "ID TwoNN",
+                "activation_entropy": "activation entropy", "cosine_to_input": "cosine to input",
+                "anisotropy": "anisotropy", "attention_entropy": "attention entropy"}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of Python and the packages that shape the numbers and the files (None: absent)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for key, dist in PACKAGES.items():
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# styles
+
+
+def _register_fonts() -> tuple[str, str]:
+    """DejaVu Sans (ships with matplotlib; covers most scripts) or Helvetica as a fallback."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    try:
+        import matplotlib
+
+        base = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+        if "DejaVuSans" not in pdfmetrics.getRegisteredFontNames():
+            pdfmetrics.registerFont(TTFont("DejaVuSans", str(base / "DejaVuSans.ttf")))
+            pdfmetrics.registerFont(TTFont("DejaVuSans-Bold", str(base / "DejaVuSans-Bold.ttf")))
+            pdfmetrics.registerFontFamily("DejaVuSans", normal="DejaVuSans",
+                                          bold="DejaVuSans-Bold", italic="DejaVuSans",
+                                          boldItalic="DejaVuSans-Bold")
+        return "DejaVuSans", "DejaVuSans-Bold"
+    except Exception as exc:  # a missing font file must not stop the report
+        log.info("DejaVu Sans not available (%s); using Helvetica", exc)
+        return "Helvetica", "Helvetica-Bold"
+
+
+def _styles() -> dict[str, ParagraphStyle]:
+    font, bold = _register_fonts()
+    ss = getSampleStyleSheet()
+    st = {
+        "title": ParagraphStyle("title", parent=ss["Title"], fontName=bold, fontSize=22,
+                                leading=27, spaceAfter=14),
+        "h1": ParagraphStyle("h1", parent=ss["Heading1"], fontName=bold, fontSize=15,
+                             leading=19, spaceBefore=6, spaceAfter=8),
+        "h2": ParagraphStyle("h2", parent=ss["Heading2"], fontName=bold, fontSize=11.5,
+                             leading=14, spaceBefore=10, spaceAfter=4),
+        "body": ParagraphStyle("body", parent=ss["BodyText"], fontName=font, fontSize=9.5,
+                               leading=12.5, spaceAfter=4),
+        "small": ParagraphStyle("small", parent=ss["BodyText"], fontName=font, fontSize=8,
+                                leading=10),
+        "cell": ParagraphStyle("cell", parent=ss["BodyText"], fontName=font, fontSize=7.5,
+                               leading=9),
+        "head": ParagraphStyle("head", parent=ss["BodyText"], fontName=bold, fontSize=7.5,
+                               leading=9),
+        "caption": ParagraphStyle("caption", parent=ss["BodyText"], fontName=font, fontSize=8.5,
+                                  leading=11, spaceBefore=4, spaceAfter=14,
+                                  textColor=colors.HexColor("#333333")),
+        "centre": ParagraphStyle("centre", parent=ss["BodyText"], fontName=font, fontSize=10,
+                                 leading=13, alignment=TA_CENTER),
+    }
+    st["font"], st["bold"] = font, bold  # type: ignore[assignment]
+    return st
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10000 else str(v)
+    if isinstance(v, float):
+        if v != v:
+            return "–"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _params(n) -> str:
+    if not isinstance(n, (int, float)):
+        return "–"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} B"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} M"
+    return f"{int(n):,}"
+
+
+def _p(text, style) -> Paragraph:
+    return Paragraph(escape(str(text)), style)
+
+
+def _table(rows: list[list], widths: list[float], st: dict, header: bool = True,
+           align_right_from: int | None = None) -> Table:
+    """A table of Paragraph cells (they wrap) that repeats its header row across pages."""
+    data = []
+    for i, row in enumerate(rows):
+        style = st["head"] if header and i == 0 else st["cell"]
+        data.append([c if isinstance(c, Paragraph) else _p(c, style) for c in row])
+    scale = FRAME_W / sum(widths) if sum(widths) > FRAME_W else 1.0
+    t = Table(data, colWidths=[w * scale for w in widths], repeatRows=1 if header else 0,
+              hAlign="LEFT")
+    cmds = [("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.HexColor("#444444")),
+            ("LEFTPADDING", (0, 0), (-1, -1), 3), ("RIGHTPADDING", (0, 0), (-1, -1), 3),
+            ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]
+    if header:
+        cmds.append(("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e8eef5")))
+    for i in range(1 if header else 0, len(data)):
+        if i % 2 == 0:
+            cmds.append(("BACKGROUND", (0, i), (-1, i), colors.HexColor("#f6f6f6")))
+    t.setStyle(TableStyle(cmds))
+    return t
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def _title_page(analysis: Analysis, st: dict, versions: dict) -> list:
+    out: list = [Spacer(1, 1.5 * cm), Paragraph(TITLE, st["title"])]
+    models = ", ".join(r.name for r in analysis.results) or "no models"
+    out.append(_p(f"Models: {models}", st["centre"]))
+    out.append(Spacer(1, 0.8 * cm))
+    prompts = analysis.prompts
+    out.append(Paragraph("Prompt" + ("s" if len(prompts) != 1 else ""), st["h2"]))
+    for i, p in enumerate(prompts[:MAX_PROMPTS_SHOWN]):
+        prefix = f"{i + 1}. " if len(prompts) > 1 else ""
+        if len(p) > MAX_PROMPT_CHARS:
+            p = p[:MAX_PROMPT_CHARS] + f" … ({len(p) - MAX_PROMPT_CHARS} more characters)"
+        out.append(_p(prefix + p, st["body"]))
+    if len(prompts) > MAX_PROMPTS_SHOWN:
+        out.append(_p(f"... and {len(prompts) - MAX_PROMPTS_SHOWN} more "
+                      "(all prompts are listed in manifest.json)", st["small"]))
+    if len(prompts) > 1:
+        out.append(_p("Corpus mode: the layer metrics pool the token rows of all prompts; the "
+                      "per-head figures, predictions and attribution use the first prompt.",
+                      st["small"]))
+    out.append(Paragraph("Models", st["h2"]))
+    rows = [["model", "class", "task", "layers", "heads", "hidden", "params", "source"]]
+    for r in analysis.results:
+        s = r.source
+        rows.append([r.name, s.get("class", "–"), r.trace.task, _fmt(s.get("n_layers",
+                     r.trace.n_layers)), _fmt(s.get("n_heads", r.trace.n_heads)),
+                     _fmt(s.get("hidden_size")), _params(s.get("params")),
+                     s.get("source", "–")])
+    out.append(_table(rows, [80, 85, 45, 32, 32, 36, 45, 150], st))
+    out.append(Paragraph("Run", st["h2"]))
+    run_rows = [["created", analysis.created or "–"], ["seed", str(analysis.seed)],
+                ["report written", datetime.now(timezone.utc).isoformat(timespec="seconds")]]
+    out.append(_table(run_rows, [110, 300], st, header=False))
+    out.append(Paragraph("Package versions", st["h2"]))
+    vrows = [[k, v or "not installed"] for k, v in versions.items()]
+    out.append(_table(vrows, [110, 300], st, header=False))
+    notices = [(r.name, n) for r in analysis.results for n in r.trace.notices]
+    if notices:
+        out.append(Paragraph("Notices", st["h2"]))
+        for name, n in notices:
+            out.append(_p(f"{name}: {n}", st["small"]))
+    out.append(PageBreak())
+    return out
+
+
+def _layer_table(result: ModelResult, st: dict) -> Table:
+    labels = ["layer"] + [TABLE_LABELS.get(c, c) for c in LAYER_COLUMNS]
+    rows = [labels]
+    for m in result.layer_metrics:
+        rows.append([str(m["layer"])] + [_fmt(m.get(c)) for c in LAYER_COLUMNS])
+    widths = [30] + [(FRAME_W - 30) / len(LAYER_COLUMNS)] * len(LAYER_COLUMNS)
+    return _table(rows, widths, st)
+
+
+def _model_section(result: ModelResult, st: dict) -> list:
+    t = result.trace
+    out: list = [Paragraph(escape(f"Model: {result.name}"), st["h1"])]
+    metric_trace = result.metrics_trace
+    facts = (f"{t.task}, {t.n_layers} layers x {t.n_heads} heads; prompt of {t.n_tokens} tokens"
+             f"; analysed in {result.seconds:.2f} s.")
+    if result.pooled is not None:
+        facts += (f" Layer metrics pool {len(metric_trace.segments)} prompts "
+                  f"({metric_trace.n_tokens} token rows).")
+    out.append(_p(facts, st["body"]))
+    toks = t.tokens[:MAX_TOKENS_SHOWN]
+    shown = " | ".join(figs.token_label(x, 30).replace("\\$", "$") for x in toks)
+    more = f" ... ({t.n_tokens - MAX_TOKENS_SHOWN} more)" if t.n_tokens > MAX_TOKENS_SHOWN else ""
+    out.append(_p(f"Tokens: {shown}{more}", st["small"]))
+
+    out.append(Paragraph("Layer metrics", st["h2"]))
+    out.append(_p("Layer 0 is the embedding output; '–' marks a metric undefined at that layer; "
+                  "ID = intrinsic dimension (see Definitions).", st["small"]))
+    out.append(_layer_table(result, st))
+
+    out.append(Paragraph("Predictions", st["h2"]))
+    preds = result.predictions or {}
+    plist = preds.get("predictions") or []
+    if plist:
+        what = ("the masked position" if t.task in ("fill-mask", "diffusion")
+                else "the next token")
+        out.append(_p(f"Top {len(plist)} for {what}:", st["small"]))
+        rows = [["rank", "token", "probability"]]
+        rows += [[str(i + 1), p.get("token", ""), _fmt(p.get("probability"))]
+                 for i, p in enumerate(plist)]
+        out.append(_table(rows, [35, 160, 80], st))
+        if preds.get("text"):
+            label = "Continuation" if t.task == "causal" else "Filled sentence"
+            out.append(Spacer(1, 3))
+            out.append(_p(f"{label}: {preds['text']}", st["body"]))
+    else:
+        out.append(_p("No prediction for this prompt (an encoder, or no mask token).",
+                      st["body"]))
+    attr = result.token_attribution or {}
+    if attr:
+        lp = attr.get("log_prob")
+        out.append(_p(f"Attribution target: “{attr.get('target', '?')}” read at position "
+                      f"{attr.get('position')}" + (f", log p = {lp:.4g}" if lp is not None
+                                                  else "")
+                      + f"; head attribution by {attr.get('head_method', 'gradient')}.",
+                      st["small"]))
+
+    out.append(Paragraph("Top heads", st["h2"]))
+    for key, label in (("induction_score", "induction"),
+                       ("previous_token_score", "previous-token"),
+                       ("first_token_score", "first-token (attention sink)")):
+        heads = [h for h in result.head_metrics if h.get(key) is not None]
+        heads.sort(key=lambda h: h[key], reverse=True)
+        if not heads:
+            continue
+        out.append(_p(f"Highest {label} score:", st["small"]))
+        rows = [["layer", "head", label + " score", "entropy", "cluster", "attribution"]]
+        rows += [[str(h["layer"]), str(h["head"]), _fmt(h[key]),
+                  _fmt(h.get("attention_entropy")), _fmt(h.get("cluster")),
+                  _fmt(h.get("attribution"))] for h in heads[:TOP_HEADS]]
+        out.append(_table(rows, [40, 40, 110, 70, 50, 80], st))
+        out.append(Spacer(1, 4))
+    return out
+
+
+def _natural_size(path: Path) -> tuple[float, float]:
+    """(width, height) in points at the image's own dpi."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        w, h = im.size
+        dpi = im.info.get("dpi", (FIGURE_DPI, FIGURE_DPI))[0] or FIGURE_DPI
+    return w * 72.0 / dpi, h * 72.0 / dpi
+
+
+def _scaled_image(path: Path, max_w: float, max_h: float) -> Image:
+    """The image at its designed size, shrunk (never enlarged) to fit `max_w` x `max_h`."""
+    w_pt, h_pt = _natural_size(path)
+    scale = min(max_w / w_pt, max_h / h_pt, 1.0)
+    return Image(str(path), width=w_pt * scale, height=h_pt * scale)
+
+
+def _is_wide(path: Path) -> bool:
+    """A figure that a portrait page would shrink below 80% and that is clearly landscape."""
+    w_pt, h_pt = _natural_size(path)
+    portrait = min(FRAME_W / w_pt, (FRAME_H - CAPTION_RESERVE) / h_pt, 1.0)
+    wide = min(WIDE_W / w_pt, (WIDE_H - CAPTION_RESERVE) / h_pt, 1.0)
+    return portrait < 0.8 and wide > portrait * 1.15 and w_pt > h_pt
+
+
+def _figure_section(analysis: Analysis, pngs: dict[str, Path], st: dict) -> list:
+    """Every figure with a numbered caption; wide ones on landscape pages."""
+    out: list = []  # starts on the page the previous section ended on
+    heading = [Paragraph("Figures", st["h1"])]
+    orientation = None
+    n = 0
+    found = [(spec, Path(pngs[spec.name])) for spec in figs.standard_figures(analysis)
+             if spec.name in pngs and Path(pngs[spec.name]).exists()]
+    # each model's portrait figures first, then its wide ones, so landscape pages are shared
+    models = list(dict.fromkeys(spec.model for spec, _ in found))
+    ordered = []
+    for model in models:
+        group = [(spec, path, _is_wide(path)) for spec, path in found if spec.model == model]
+        ordered += [g for g in group if not g[2]] + [g for g in group if g[2]]
+    for spec, path, wide in ordered:
+        n += 1
+        want = "landscape" if wide else "portrait"
+        if want != orientation:
+            out += [NextPageTemplate(want), PageBreak()]
+            orientation = want
+        w, h = (WIDE_W, WIDE_H) if want == "landscape" else (FRAME_W, FRAME_H)
+        img = _scaled_image(path, w, h - CAPTION_RESERVE)
+        cap = Paragraph(f"<b>Figure {n}.</b> {escape(spec.title)}. {escape(spec.caption)}",
+                        st["caption"])
+        out.append(KeepTogether(heading + [img, cap]))
+        heading = []
+    if n == 0:
+        out += [PageBreak()] + heading + [_p("No figures.", st["body"])]
+    out += [NextPageTemplate("portrait"), PageBreak()]
+    return out
+
+
+def _definitions(st: dict) -> list:
+    out: list = [Paragraph("Definitions", st["h1"]), Paragraph("Layer metrics", st["h2"]),
+                 _p(DEFINITIONS_INTRO, st["body"])]
+    for name, text in DEFINITIONS:
+        out.append(Paragraph(f"<b>{escape(name)}</b>: {text}", st["body"]))
+    out.append(Paragraph("Heads and attribution", st["h2"]))
+    for name, text in HEAD_DEFINITIONS:
+        out.append(Paragraph(f"<b>{escape(name)}</b>: {text}", st["body"]))
+    return out
+
+
+def _settings_rows(d: dict) -> list[list[str]]:
+    import json
+
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, (dict, list, tuple)):
+            v = json.dumps(v, default=str)
+        rows.append([str(k), str(v)])
+    return rows
+
+
+def _session(analysis: Analysis, session_log: list[dict] | None, st: dict) -> list:
+    out: list = [Paragraph("Session settings", st["h1"])]
+    settings = {"seed": analysis.seed, "created": analysis.created, **analysis.settings}
+    out.append(Paragraph("This analysis", st["h2"]))
+    out.append(_table([["setting", "value"]] + _settings_rows(settings), [130, 380], st))
+    if session_log:
+        out.append(Paragraph(f"Session log ({len(session_log)} entries)", st["h2"]))
+        rows = [["#", "time", "action", "settings"]]
+        for i, e in enumerate(session_log):
+            rest = {k: v for k, v in e.items() if k not in ("time", "action", "summary")}
+            text = "; ".join(f"{k}: {v}" for k, v in _settings_rows(rest))
+            rows.append([str(i + 1), str(e.get("time", "")), str(e.get("action", "")),
+                         text[:600]])
+        out.append(_table(rows, [20, 95, 55, 340], st))
+    return out
+
+
+def _on_page(canvas, doc) -> None:
+    canvas.saveState()
+    canvas.setFont("Helvetica", 7.5)
+    canvas.setFillColor(colors.HexColor("#777777"))
+    canvas.drawString(MARGIN, 0.9 * cm, TITLE)
+    width = (getattr(doc.pageTemplate, "pagesize", None) or PAGE)[0]
+    canvas.drawRightString(width - MARGIN, 0.9 * cm, f"page {doc.page}")
+    canvas.restoreState()
+
+
+def write_pdf(analysis: Analysis, path: str | os.PathLike,
+              figures_png: dict[str, Path] | None = None,
+              session_log: list[dict] | None = None) -> Path:
+    """Write the report to `path`; figures come from `figures_png` or are drawn here."""
+    path = Path(path)
+    st = _styles()
+    versions = package_versions()
+    with tempfile.TemporaryDirectory(prefix="report-figs-") as tmp:
+        pngs = dict(figures_png) if figures_png is not None else figs.render_pngs(analysis, tmp)
+        story: list = []
+        story += _title_page(analysis, st, versions)
+        for i, r in enumerate(analysis.results):
+            if i:
+                story.append(PageBreak())
+            story += _model_section(r, st)
+        story += _figure_section(analysis, pngs, st)  # begins with its own page break
+        story += _definitions(st)
+        story.append(PageBreak())
+        story += _session(analysis, session_log, st)
+        doc = BaseDocTemplate(str(path), pagesize=PAGE, leftMargin=MARGIN, rightMargin=MARGIN,
+                              topMargin=MARGIN, bottomMargin=MARGIN, title=TITLE,
+                              author="transformer dashboard",
+                              subject="; ".join(analysis.prompts)[:200],
+                              creator="reports/pdf.py")
+        doc.addPageTemplates([
+            PageTemplate("portrait", [Frame(MARGIN, MARGIN, FRAME_W, FRAME_H, id="p",
+                                            leftPadding=0, rightPadding=0, topPadding=0,
+                                            bottomPadding=0)],
+                         onPage=_on_page, pagesize=PAGE),
+            PageTemplate("landscape", [Frame(MARGIN, MARGIN, WIDE_W, WIDE_H, id="l",
+                                             leftPadding=0, rightPadding=0, topPadding=0,
+                                             bottomPadding=0)],
+                         onPage=_on_page, pagesize=WIDE_PAGE)])
+        doc.build(story)
+    return path
