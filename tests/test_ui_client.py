@@ -1,0 +1,142 @@
+"""The running app driven through its API with gradio_client: analyse, download, isolation."""
+
+import csv
+import io
+import json
+import socket
+import zipfile
+
+import pytest
+
+from tests.conftest import have
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not have("tiny-gpt2"), reason="embedded tiny-gpt2 missing")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url():
+    from ui.app import AppConfig, serve
+
+    demo = serve(AppConfig(host="127.0.0.1", port=free_port()), block=False)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+def client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=True)
+
+
+def bundle_of(c) -> zipfile.ZipFile:
+    file, _log = c.predict(api_name="/bundle")
+    # the File output comes as an update (it is made visible); the client has downloaded it
+    path = file["value"] if isinstance(file, dict) else file
+    with open(path, "rb") as f:
+        return zipfile.ZipFile(io.BytesIO(f.read()))
+
+
+def test_analyse_and_download_the_bundle(url):
+    c = client(url)
+    out = c.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
+    assert isinstance(out, tuple) and len(out) > 5
+    z = bundle_of(c)
+    names = z.namelist()
+    assert names[0] == "manifest.json"
+    manifest = json.loads(z.read("manifest.json"))
+    assert manifest["prompts"] == ["the capital of japan is"]
+    (model,) = manifest["models"]
+    assert model["name"] == "tiny-gpt2"
+    rows = list(csv.DictReader(io.StringIO(z.read("layer_metrics.csv").decode())))
+    assert [int(r["layer"]) for r in rows] == list(range(model["n_layers"] + 1))
+    assert all(r["model"] == "tiny-gpt2" for r in rows)
+    assert "report.pdf" in names and "session_log.html" in names
+    for name, meta in manifest["files"].items():
+        assert name in names and meta["sha256"]
+    # the layer view redraws from the stored analysis through the API too; /layer_model first
+    # (as the page does after an analysis): it sets this session's slider ranges to the model's
+    shown = c.predict("tiny-gpt2", 1, 0, api_name="/layer_model")
+    assert shown[1]["maximum"] == model["n_layers"]
+    info, pattern, grid = c.predict("tiny-gpt2", 3, 1, api_name="/layer")
+    assert "layer 3 / 3" in info and "head 1" in info
+    assert pattern["plot"].startswith("data:image/png") and grid["plot"] != pattern["plot"]
+    with pytest.raises(Exception, match="not in the current analysis"):
+        c.predict("tiny-bert", 1, 0, api_name="/layer")
+
+
+def test_two_clients_do_not_see_each_others_results(url):
+    from gradio_client.exceptions import AppError
+
+    a, b = client(url), client(url)
+    a.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
+    with pytest.raises(AppError, match="Run an analysis first"):
+        b.predict(api_name="/bundle")
+    b.predict(["tiny-gpt2"], "red ball moon tree red ball moon tree", api_name="/analyze")
+    assert json.loads(bundle_of(a).read("manifest.json"))["prompts"] == ["the capital of japan is"]
+    assert json.loads(bundle_of(b).read("manifest.json"))["prompts"] == [
+        "red ball moon tree red ball moon tree"]
+
+
+def test_a_bad_request_is_a_readable_error_and_the_app_keeps_working(url):
+    from gradio_client.exceptions import AppError
+
+    c = client(url)
+    with pytest.raises(AppError, match="prompt is empty"):
+        c.predict(["tiny-gpt2"], "", api_name="/analyze")
+    with pytest.raises(AppError):  # not offered by this app: refused before anything is loaded
+        c.predict(["gpt2"], "hello", api_name="/analyze")
+    out = c.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
+    assert len(out) > 5
+
+
+def test_share_without_auth_warns_and_serves_locally_when_the_tunnel_fails(monkeypatch, capsys):
+    """--share offline: a loud warning, no crash, the page still served locally.
+
+    The tunnel is made to fail on purpose so the test never opens a public link, online or not.
+    """
+    import urllib.request
+
+    import gradio.networking
+
+    from ui.app import AppConfig, serve
+
+    def no_tunnel(*args, **kwargs):
+        raise ConnectionError("offline (test)")
+
+    monkeypatch.setattr(gradio.networking, "setup_tunnel", no_tunnel)
+    demo = serve(AppConfig(host="127.0.0.1", port=free_port(), share=True), block=False)
+    try:
+        err = capsys.readouterr().err
+        assert "WARNING" in err and "--auth" in err
+        with urllib.request.urlopen(demo.local_url, timeout=30) as r:
+            assert r.status == 200
+    finally:
+        demo.close()
+
+
+def test_auth_protects_the_page():
+    import urllib.error
+    import urllib.request
+
+    from gradio_client import Client
+
+    from ui.app import AppConfig, serve
+
+    demo = serve(AppConfig(host="127.0.0.1", port=free_port(), auth="ann:secret"), block=False)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:  # no credentials: no config
+            urllib.request.urlopen(demo.local_url.rstrip("/") + "/config", timeout=30)
+        assert info.value.code in (401, 403)
+        c = Client(demo.local_url, auth=("ann", "secret"), verbose=False)
+        assert "/analyze" in str(c.view_api(print_info=False, return_format="dict"))
+    finally:
+        demo.close()

@@ -1,0 +1,177 @@
+"""The Gradio app: configuration, the four tabs wired together, and `serve`.
+
+    from ui.app import AppConfig, serve
+    serve(AppConfig(port=7861))
+
+The page comes up without loading any model; a model is loaded (and kept in the bounded
+`models.loading.CACHE`) the first time an analysis asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from models.errors import UserError
+from ui import details_tab, diffusion_tab, layer_tab, overall_tab
+from ui.state import new_state
+
+log = logging.getLogger(__name__)
+
+TITLE = "Transformer analysis dashboard"
+
+CSS = """
+.gradio-container { max-width: 1500px !important; margin: 0 auto; }
+#notices:empty { display: none; }
+#notices p { margin: 0.2em 0; }
+.model-header h3 { margin: 0.2em 0 0.1em 0; }
+#details { font-size: 15px; line-height: 1.55; }
+#details table { font-size: 14px; }
+#details th, #details td { word-break: normal; overflow-wrap: normal; }
+#details td code { white-space: nowrap; }
+"""
+
+
+@dataclass
+class AppConfig:
+    host: str = "0.0.0.0"
+    port: int = 7860
+    share: bool = False
+    auth: str | None = None  # "USER:PASS"
+    models: list[str] | None = None  # None: the registry default (the available embedded models)
+    allow_custom_models: bool = False  # any HF id / local folder typed into the page
+    trust_remote_code: bool = False  # only from the command line, never settable from the page
+    max_prompt_tokens: int = 512
+    allow_pickle: bool = False
+    max_models_per_analysis: int = 4
+
+
+@dataclass
+class Context:
+    """What every tab's `build(ctx)` gets: the config, the offered models, the session state."""
+
+    config: AppConfig
+    models: list[str]
+    state: gr.State | None = None
+    load: Callable | None = None
+    tabs: dict = field(default_factory=dict)  # tab name -> what its build() returned
+
+
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    if not auth:
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise UserError("--auth must look like USER:PASS (both non-empty).")
+    return user, password
+
+
+def offered_models(config: AppConfig) -> list[str]:
+    """The names the page offers: the configured list (checked) or the registry default."""
+    from models.registry import default_models, resolve
+
+    if config.models is None:
+        names = default_models()
+    else:
+        names = []
+        for name in config.models:
+            entry = resolve(name, allow_custom=True)  # the command line may name any model
+            names.append(entry.name)
+    return list(dict.fromkeys(names))
+
+
+def check_config(config: AppConfig) -> None:
+    if not 0 <= int(config.port) <= 65535:
+        raise UserError(f"--port must be 0..65535, got {config.port}.")
+    if int(config.max_prompt_tokens) < 2:
+        raise UserError(f"max_prompt_tokens must be at least 2, got {config.max_prompt_tokens}.")
+    if int(config.max_models_per_analysis) < 1:
+        raise UserError("max_models_per_analysis must be at least 1.")
+    parse_auth(config.auth)
+
+
+def make_context(config: AppConfig, models: list[str] | None = None) -> Context:
+    from models.loading import LoadOptions, load
+
+    options = LoadOptions(trust_remote_code=config.trust_remote_code,
+                          allow_pickle=config.allow_pickle, allow_custom=True)
+    return Context(config=config, models=offered_models(config) if models is None else models,
+                   load=lambda name: load(name, options))
+
+
+def build_app(config: AppConfig, ctx: Context | None = None) -> gr.Blocks:
+    """The whole dashboard as a gr.Blocks (not launched). No model is loaded here."""
+    check_config(config)
+    ctx = ctx or make_context(config)
+    # delete_cache: Gradio's copies of served files (bundles, GIFs) older than 2 h, checked hourly
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
+        ctx.state = new_state()
+        gr.Markdown(f"# {TITLE}\nLook inside transformer language models: how representations "
+                    "change layer by layer, what every attention head does, what the model "
+                    "predicts and why. Start on **Overall**, then open **Layer Analysis**; "
+                    "**Details** explains every number.", elem_id="title")
+        if not ctx.models:
+            gr.Markdown("**No model is available.** The embedded checkpoints are missing from "
+                        "`models/embedded/`; retrain them (see README).", elem_id="no-models")
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Overall", id="overall", elem_id="tab-overall"):
+                ctx.tabs["overall"] = overall_tab.build(ctx)
+            with gr.Tab("Layer Analysis", id="layer", elem_id="tab-layer"):
+                ctx.tabs["layer"] = layer_tab.build(ctx)
+            with gr.Tab("Diffusion", id="diffusion", elem_id="tab-diffusion"):
+                ctx.tabs["diffusion"] = diffusion_tab.build(ctx)
+            with gr.Tab("Details", id="details", elem_id="tab-details"):
+                ctx.tabs["details"] = details_tab.build(ctx)
+        # an analysis refreshes the Layer Analysis tab from the stored result (no model re-run)
+        layer_tab.wire_analysis(ctx, ctx.tabs["overall"].analyzed, ctx.tabs["layer"])
+    return demo
+
+
+def launch_kwargs(config: AppConfig) -> dict:
+    return dict(server_name=config.host, server_port=config.port, share=config.share,
+                auth=parse_auth(config.auth), theme=gr.themes.Soft(), css=CSS, ssr_mode=False,
+                footer_links=["api", "settings"], show_error=True, quiet=True)
+
+
+def serve(config: AppConfig, block: bool = True) -> gr.Blocks:
+    """Build and launch the app; prints the local URL. Survives `share` failing offline."""
+    if config.share and not config.auth:
+        msg = ("--share makes this dashboard reachable by anyone with the link, and no "
+               "--auth USER:PASS is set: anyone can run models on this machine.")
+        print(f"\n{'!' * 78}\nWARNING: {msg}\n{'!' * 78}\n", file=sys.stderr, flush=True)
+        log.warning(msg)
+    demo = build_app(config)
+    demo.queue(default_concurrency_limit=1)
+    kwargs = launch_kwargs(config)
+    try:
+        demo.launch(prevent_thread_lock=True, **kwargs)
+    except OSError as exc:  # port taken, host not available
+        demo.close()
+        raise UserError(f"Cannot serve on {config.host}:{config.port}: {exc} "
+                        "Choose another --port or --host.") from None
+    except Exception as exc:  # e.g. the share tunnel raising instead of printing
+        if not config.share:
+            raise
+        log.warning("share link failed (%s); serving locally only", exc)
+        print(f"Could not create a share link ({exc}); serving locally only.", file=sys.stderr)
+        demo.close()
+        kwargs["share"] = False
+        demo.launch(prevent_thread_lock=True, **kwargs)
+    host = "localhost" if config.host in ("0.0.0.0", "::", "") else config.host
+    print(f"Dashboard running on http://{host}:{demo.server_port}", flush=True)
+    if config.share:
+        if demo.share_url:
+            print(f"Public share link: {demo.share_url}", flush=True)
+        else:
+            print("No share link could be created (offline?); the dashboard is served locally only.",
+                  file=sys.stderr, flush=True)
+    if block:
+        try:
+            demo.block_thread()
+        except (KeyboardInterrupt, OSError):
+            demo.close()
+    return demo

@@ -1,0 +1,418 @@
+"""Overall tab: choose models and a prompt, analyse, see layer metrics and predictions, download.
+
+Thin: `analysis.run.analyze` does the work, `reports.figures` draws, `reports.bundle` writes the
+ZIP. The event functions below take the app `Context` and the session first; `build` wires them
+through small closures, and tests call them directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from analysis.result import LAYER_COLUMNS, Analysis, ModelResult
+from models.errors import UserError
+from ui.state import Session, compute_threads, friendly_errors
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 20_000
+TOP_K = 5
+
+# (prompt, models it is meant for); only examples whose models are offered are shown
+EXAMPLES = [
+    ("the capital of japan is [MASK].", ["tiny-bert"]),
+    ("the capital of japan is", ["tiny-gpt2", "tiny-llama"]),
+    ("red ball moon tree red ball moon tree", ["tiny-gpt2", "tiny-llama"]),  # induction
+    ("anna had a red ball. tom wanted the ball. anna gave the ball to", ["tiny-gpt2", "tiny-llama"]),
+    ("mia and leo went to the park. mia saw a dog. the dog says", ["tiny-gpt2"]),
+    ("the opposite of hot is [MASK].", ["tiny-bert"]),
+    ("the capital of france is", ["gpt2"]),
+    ("the capital of france is [MASK].", ["bert-base-uncased"]),
+]
+
+
+def slot_names(i: int) -> list[str]:
+    """elem_ids of the outputs of model slot i (one slot per analysed model)."""
+    return [f"slot-{i}", f"model-header-{i}", f"predictions-{i}", f"continuation-{i}",
+            f"attribution-{i}", f"norm-heatmap-{i}", f"correlation-{i}"]
+
+
+def output_names(n_slots: int) -> list[str]:
+    """The analyze event's outputs in order (elem_ids; 'state' for the session state)."""
+    names = ["state", "notices", "metric-curves", "metrics-table", "download", "session-log"]
+    for i in range(n_slots):
+        names += slot_names(i)
+    return names
+
+
+@dataclass
+class OverallTab:
+    prompt: gr.Textbox
+    models: gr.Dropdown
+    custom_model: gr.Textbox | None
+    analyze_btn: gr.Button
+    bundle_btn: gr.Button
+    download: gr.File
+    outputs: list
+    analyzed: list  # the analyze events (button, Enter) the Layer tab chains onto
+
+
+# ---------------------------------------------------------------------------- pure helpers
+
+
+def chosen_models(ctx, models: list[str] | str | None, custom: str | None) -> list[str]:
+    """The model names to analyse, checked against what this app offers."""
+    if isinstance(models, str):
+        models = [models]
+    names = [m for m in (models or []) if m]
+    for m in names:
+        if m not in ctx.models:
+            raise UserError(f"Model '{m}' is not offered here. Choose from: {', '.join(ctx.models)}.")
+    custom = (custom or "").strip()
+    if custom:
+        if not ctx.config.allow_custom_models:
+            raise UserError("Custom models are disabled; start the dashboard with "
+                            "--allow-custom-models to enable them.")
+        from models.registry import resolve
+
+        names.append(resolve(custom, allow_custom=True).name)
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise UserError("Choose at least one model.")
+    limit = ctx.config.max_models_per_analysis
+    if len(names) > limit:
+        raise UserError(f"Choose at most {limit} models at a time (got {len(names)}).")
+    return names
+
+
+def check_prompt(prompt: str | None) -> str:
+    prompt = prompt or ""
+    if not prompt.strip():
+        raise UserError("The prompt is empty. Type some text to analyse, or pick an example.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UserError(f"The prompt has {len(prompt):,} characters; the limit is "
+                        f"{MAX_PROMPT_CHARS:,}.")
+    return prompt
+
+
+def metric_header(column: str) -> str:
+    """A layer_metrics.csv column as a readable table header (it wraps at spaces)."""
+    from reports.figures import METRIC_LABELS
+
+    return METRIC_LABELS.get(column, column.replace("_", " "))
+
+
+def metrics_table(analysis: Analysis) -> pd.DataFrame:
+    """One row per model and layer 0..L, the layer metrics rounded for reading."""
+    headers = [metric_header(c) for c in LAYER_COLUMNS]
+    rows = []
+    for r in analysis.results:
+        for m in r.layer_metrics:
+            row = {"model": r.name, "layer": int(m["layer"])}
+            for c, h in zip(LAYER_COLUMNS, headers, strict=True):
+                v = m.get(c)
+                row[h] = None if v is None or not np.isfinite(v) else float(f"{v:.4g}")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "layer", *headers])
+
+
+def display_tokens(tokens: list[str]) -> list[str]:
+    """Token strings joined back into readable text (WordPiece '##' glued, others spaced)."""
+    spaced = any(t.startswith(" ") for t in tokens)
+    if spaced:
+        return list(tokens)
+    out = []
+    for i, t in enumerate(tokens):
+        if t.startswith("##"):
+            out.append(t[2:])
+        else:
+            out.append(t if i == 0 else " " + t)
+    return out
+
+
+def attribution_highlights(result: ModelResult) -> list[tuple[str, float | None]]:
+    """(token, gradient x input scaled to [-1, 1]) for gr.HighlightedText; [] if none."""
+    attr = result.token_attribution or {}
+    gxi = np.asarray(attr.get("grad_x_input") or [], dtype=np.float64)
+    tokens = display_tokens(result.trace.tokens)
+    if gxi.size != len(tokens) or gxi.size == 0:
+        return []
+    scale = float(np.max(np.abs(gxi)))
+    vals = gxi / scale if scale > 0 else gxi
+    return [(tok, round(float(v), 3)) for tok, v in zip(tokens, vals, strict=True)]
+
+
+def prediction_label(result: ModelResult) -> dict[str, float] | None:
+    preds = (result.predictions or {}).get("predictions") or []
+    if not preds:
+        return None
+    out: dict[str, float] = {}
+    for p in preds:
+        name = str(p["token"]) or "∅"
+        while name in out:  # two ids can decode to the same text
+            name += " "
+        out[name] = float(p["probability"])
+    return out
+
+
+def prediction_text(result: ModelResult) -> str:
+    p = result.predictions or {}
+    preds = p.get("predictions") or []
+    task = result.trace.task
+    parts = []
+    if task in ("fill-mask", "diffusion"):
+        if preds:
+            parts.append(f"**Fill-mask:** top prediction `{preds[0]['token']}` "
+                         f"({preds[0]['probability']:.1%}). **Filled sentence:** {p.get('text', '')}")
+            if len(p.get("masks") or []) > 1:
+                parts.append(f"({len(p['masks'])} masks; the top-k list is for the first.)")
+        else:
+            parts.append("**No prediction:** the prompt has no mask token for this model.")
+    elif task == "causal":
+        if preds:
+            parts.append(f"**Next token:** `{preds[0]['token']}` ({preds[0]['probability']:.1%}).")
+        parts.append(f"**Greedy continuation:** {p.get('text', '') or '(empty)'}")
+    else:
+        parts.append("This model has no language-model head: it is analysed, not asked to predict.")
+    attr = result.token_attribution or {}
+    if attr.get("grad_x_input"):
+        parts.append(f"Token attribution below: gradient × input for log p(`{attr.get('target')}`)"
+                     f" at position {attr.get('position')}, scaled so the largest |value| is 1 "
+                     "(red raises, blue lowers the probability).")
+    return "\n\n".join(parts)
+
+
+def model_header(result: ModelResult) -> str:
+    s = result.source or {}
+    params = s.get("params")
+    size = f", {params / 1e6:.2f} M parameters" if params else ""
+    return (f"### {result.name}\n{result.trace.task}, {result.trace.n_layers} layers × "
+            f"{result.trace.n_heads} heads{size}; {result.trace.n_tokens} tokens; analysed in "
+            f"{result.seconds:.2f} s")
+
+
+def notices_markdown(analysis: Analysis, extra: list[str]) -> str:
+    lines = list(extra)
+    for r in analysis.results:
+        for n in r.trace.notices:
+            lines.append(f"**{r.name}:** {n}")
+    return "\n".join(f"- ⚠️ {line}" for line in dict.fromkeys(lines))
+
+
+def session_log_table(session: Session) -> pd.DataFrame:
+    """The session log (entries as reports.bundle writes them) as a small table."""
+    rows = []
+    for e in session.log:
+        summary = e.get("summary") or {}
+        if e.get("error"):
+            result = f"error: {e['error']}"
+        elif summary:
+            result = "; ".join(f"{m}: {s.get('prediction') or '-'}" for m, s in summary.items())
+        else:
+            result = e.get("result", "")
+        rows.append({"time": e.get("time", ""), "action": e.get("action", ""),
+                     "models": ", ".join(e.get("models", [])),
+                     "prompt": " | ".join(e.get("prompts", [])), "seconds": e.get("seconds"),
+                     "result": result})
+    return pd.DataFrame(rows, columns=["time", "action", "models", "prompt", "seconds", "result"])
+
+
+# ---------------------------------------------------------------------------- events
+
+
+def analyze_event(ctx, session: Session, models, custom, prompt, progress=None) -> tuple:
+    """Run the analysis and return every output of the tab (see `output_names`)."""
+    from analysis.run import analyze
+    from reports import figures
+    from reports.bundle import analysis_log_entry
+
+    session = session if isinstance(session, Session) else Session()
+    t0 = time.perf_counter()
+    try:
+        prompt = check_prompt(prompt)
+        names = chosen_models(ctx, models, custom)
+
+        def report(frac: float, desc: str) -> None:
+            if progress is not None:
+                progress(frac, desc=desc)
+
+        # (a fill-mask model without a mask token is analysed anyway: its trace carries the notice)
+        extra = [f"**{name}** predicts the next token and reads '[MASK]' as plain text."
+                 for name in names if "[MASK]" in prompt and _task_of(name) == "causal"]
+        report(0.0, "loading models")
+        largest = 0
+        for name in names:  # loaded once here (then cached), so analyze() finds them ready
+            largest = max(largest, ctx.load(name).params)
+        with compute_threads(largest):
+            analysis = analyze(names, [prompt], load=ctx.load, progress=report, top_k=TOP_K,
+                               max_tokens=ctx.config.max_prompt_tokens, seed=0)
+    except UserError as exc:
+        session.record("analyze (refused)", models=list(models or []) if not isinstance(models, str)
+                       else [models], prompts=[(prompt or "")[:200]], error=str(exc))
+        raise
+    session.set_analysis(analysis)
+    report(1.0, "drawing figures")
+    n_slots = ctx.config.max_models_per_analysis
+    out = [session, notices_markdown(analysis, extra),
+           session.plot(("metric-curves",), lambda: figures.layer_metric_curves(analysis)),
+           metrics_table(analysis), gr.update(value=None, visible=False)]
+    slots = []
+    for i in range(n_slots):
+        if i < len(analysis.results):
+            r = analysis.results[i]
+            slots += [gr.Column(visible=True), model_header(r), prediction_label(r),
+                      prediction_text(r), attribution_highlights(r),
+                      session.plot(("norm-heatmap", r.name),
+                                   functools.partial(figures.normalised_metric_heatmap, r)),
+                      session.plot(("correlation", r.name),
+                                   functools.partial(figures.metric_correlation_heatmap, r))]
+        else:
+            slots += [gr.Column(visible=False), "", None, "", [], None, None]
+    seconds = time.perf_counter() - t0
+    entry = analysis_log_entry(analysis)
+    entry["seconds"] = round(seconds, 2)
+    session.add_entry(entry)
+    log.info("analysis of %s took %.2f s (server side, figures included)", names, seconds)
+    out.append(session_log_table(session))
+    return tuple(out + slots)
+
+
+def _task_of(name: str) -> str | None:
+    from models.registry import resolve
+
+    try:
+        return resolve(name, allow_custom=True).task
+    except UserError:
+        return None
+
+
+def bundle_event(ctx, session: Session) -> tuple:
+    """Write (once per analysis) and show this session's ZIP bundle: (file update, state, log)."""
+    from reports.bundle import write_bundle
+
+    session = session if isinstance(session, Session) else Session()
+    analysis = session.require_analysis()
+    if session.bundle_path is None or session.bundle_for != session.analysis_id \
+            or not session.bundle_path.is_file():
+        t0 = time.perf_counter()
+        stamp = analysis.created.replace(":", "").replace("-", "").split("+")[0] or "analysis"
+        names = "_".join(_file_safe(r.name) for r in analysis.results)[:60]
+        target = session.folder() / f"dashboard-{names}-{stamp}.zip"
+        entry = session.record("download bundle", models=[r.name for r in analysis.results],
+                               prompts=list(analysis.prompts))
+        with compute_threads(max(r.source.get("params") or 0 for r in analysis.results)):
+            path = write_bundle(analysis, target, session_log=list(session.log))
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        entry["result"] = path.name
+        session.bundle_path, session.bundle_for = path, session.analysis_id
+    if not session.owns(session.bundle_path):  # never hand out a file outside the session
+        raise UserError("The bundle is not available; run the analysis again.")
+    return (gr.update(value=str(session.bundle_path), visible=True), session,
+            session_log_table(session))
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+def example_rows(offered: list[str]) -> list[list]:
+    rows = []
+    for prompt, wanted in EXAMPLES:
+        models = [m for m in wanted if m in offered]
+        if models:
+            rows.append([prompt, models])
+    return rows
+
+
+def build(ctx) -> OverallTab:
+    cfg = ctx.config
+    default = [m for m in ("tiny-gpt2",) if m in ctx.models] or ctx.models[:1]
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=2, max_lines=8, elem_id="prompt",
+                                placeholder="the capital of japan is   (use [MASK] for BERT)",
+                                value="the capital of japan is")
+            models = gr.Dropdown(choices=ctx.models, value=default, multiselect=True,
+                                 label="Models", elem_id="models",
+                                 info="fill-mask models (BERT) need [MASK] in the prompt; "
+                                      "causal models (GPT-2, Llama) predict the next token",
+                                 max_choices=cfg.max_models_per_analysis)
+            custom = None
+            if cfg.allow_custom_models:
+                custom = gr.Textbox(label="Custom model (HuggingFace id or local folder)",
+                                    placeholder="e.g. distilgpt2", elem_id="custom-model")
+            rows = example_rows(ctx.models)
+            if rows:
+                gr.Examples(examples=rows, inputs=[prompt, models], label="Example prompts",
+                            elem_id="examples", examples_per_page=8)
+        with gr.Column(scale=1, min_width=260):
+            analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze-btn", size="lg")
+            gr.Markdown("One forward pass per model (plus one backward pass for attribution). "
+                        "Models load on first use.", elem_id="analyze-help")
+            bundle_btn = gr.Button("Build ZIP bundle", elem_id="bundle-btn")
+            download = gr.File(label="Download (ZIP: PDF report, CSV, NPY, PNG, session log)",
+                               elem_id="download", interactive=False, visible=False)
+    notices = gr.Markdown("", elem_id="notices")
+    curves = gr.Plot(label="Layer metrics against relative depth", elem_id="metric-curves",
+                     format="png", show_label=False)
+    table = gr.Dataframe(value=pd.DataFrame(columns=["model", "layer",
+                                                     *map(metric_header, LAYER_COLUMNS)]),
+                         label="Layer metrics (layer 0 = embeddings)", elem_id="metrics-table",
+                         column_widths=["11%", "5%"] + ["10.5%"] * len(LAYER_COLUMNS),
+                         interactive=False, wrap=True, max_height=420)
+    slot_outputs = []
+    for i in range(cfg.max_models_per_analysis):
+        with gr.Column(visible=False, elem_id=f"slot-{i}") as slot:
+            header = gr.Markdown("", elem_id=f"model-header-{i}", elem_classes=["model-header"])
+            with gr.Row(equal_height=False):
+                label = gr.Label(label="Top predictions", num_top_classes=TOP_K,
+                                 elem_id=f"predictions-{i}", scale=1)
+                with gr.Column(scale=2):
+                    text = gr.Markdown("", elem_id=f"continuation-{i}")
+                    highlight = gr.HighlightedText(label="Token attribution (gradient × input)",
+                                                   elem_id=f"attribution-{i}", show_legend=True,
+                                                   combine_adjacent=False, show_inline_category=False)
+            # one per row: side by side they would be shrunk below readable text
+            norm = gr.Plot(label="Layer metrics, normalised", elem_id=f"norm-heatmap-{i}",
+                           format="png", show_label=False)
+            corr = gr.Plot(label="Metric correlations across layers", elem_id=f"correlation-{i}",
+                           format="png", show_label=False)
+        slot_outputs += [slot, header, label, text, highlight, norm, corr]
+    with gr.Accordion("Session log", open=False, elem_id="session-log-accordion"):
+        session_log = gr.Dataframe(value=session_log_table(Session()), elem_id="session-log",
+                                   interactive=False, wrap=True, show_label=False)
+
+    outputs = [ctx.state, notices, curves, table, download, session_log, *slot_outputs]
+
+    if custom is None:
+        @friendly_errors
+        def on_analyze(session, models, prompt, progress=gr.Progress()):
+            return analyze_event(ctx, session, models, None, prompt, progress=progress)
+    else:
+        @friendly_errors
+        def on_analyze(session, models, custom_model, prompt, progress=gr.Progress()):
+            return analyze_event(ctx, session, models, custom_model, prompt, progress=progress)
+
+    inputs = [ctx.state, models] + ([custom] if custom is not None else []) + [prompt]
+    analyzed = [analyze_btn.click(on_analyze, inputs, outputs, api_name="analyze",
+                                  concurrency_id="model", concurrency_limit=1),
+                prompt.submit(on_analyze, inputs, outputs, api_visibility="private",
+                              concurrency_id="model", concurrency_limit=1)]
+
+    @friendly_errors
+    def on_bundle(session):
+        return bundle_event(ctx, session)
+
+    bundle_btn.click(on_bundle, [ctx.state], [download, ctx.state, session_log], api_name="bundle",
+                     concurrency_id="bundle", concurrency_limit=2)
+    return OverallTab(prompt, models, custom, analyze_btn, bundle_btn, download, outputs, analyzed)
