@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import gradio as gr
 
 from analysis.result import Analysis
+from analysis.run import compute_threads  # noqa: F401 - the tabs import it from here
 from models.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -148,25 +148,6 @@ def new_session() -> Session:
 def new_state() -> gr.State:
     """The gr.State component holding one `Session` per browser session (made at page load)."""
     return gr.State(new_session, delete_callback=cleanup)
-
-
-# Below this many parameters a model runs fastest on one thread: its matrices are tiny, and on
-# a busy machine every multi-threaded (OpenMP/BLAS) region waits for a second core to be
-# scheduled. Measured on the 2-core box under load: tiny-gpt2 analysis 5.1 s -> 0.09 s,
-# all-MiniLM-L6 (23 M parameters) 2.9 s -> 0.13 s.
-SINGLE_THREAD_MAX_PARAMS = 50_000_000
-
-
-@contextmanager
-def compute_threads(params: int | None):
-    """One thread for torch/BLAS/OpenMP while analysing small models; the default otherwise."""
-    if params is None or params > SINGLE_THREAD_MAX_PARAMS:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        yield
 
 
 def friendly_errors(fn: Callable) -> Callable:
