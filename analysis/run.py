@@ -87,12 +87,54 @@ def word_pool(tokenizer) -> list[int]:
     return words if len(words) >= 4 * INDUCTION_PERIOD else ids
 
 
+def trained_copy_words(loaded) -> list[int] | None:
+    """Single-token ids of the words an embedded model was trained to copy, else None.
+
+    The embedded models saw repeated random sequences of models.corpus.POOL only (their
+    training.json's corpus_config; "repeat_pool" absent means POOL). Their induction heads work
+    on those words and not on the rest of the vocabulary (tiny-llama: 98% of a third copy of a
+    POOL sequence predicted, 2% for other corpus words), so they are probed on POOL words.
+    """
+    import json
+    from pathlib import Path
+
+    from models.corpus import POOL
+
+    if loaded.entry.family != "embedded":
+        return None
+    try:
+        facts = json.loads((Path(loaded.entry.source) / "training.json").read_text())
+    except (OSError, ValueError):
+        return None
+    corpus = facts.get("corpus_config") or {}
+    if not corpus.get("repeats") or corpus.get("repeat_pool", "pool") != "pool":
+        return None
+    ids = []
+    for word in POOL:
+        piece = loaded.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if len(piece) == 1:
+            ids.append(piece[0])
+    return sorted(set(ids)) if len(ids) >= 2 * INDUCTION_PERIOD else None
+
+
+def induction_probe(loaded) -> tuple[list[int], str]:
+    """The token ids the induction probe draws from, and a sentence saying which they are."""
+    trained = trained_copy_words(loaded)
+    if trained is not None:
+        return trained, (f"Induction scores: probed with the {len(trained)} words {loaded.name} "
+                         "was trained to copy (models/corpus.py POOL); its copying does not "
+                         "extend to the rest of its vocabulary.")
+    pool = word_pool(loaded.tokenizer)
+    return pool, f"Induction scores: probed with random tokens from {len(pool)} whole-word tokens."
+
+
 def induction_scores(loaded, seed: int = 0) -> np.ndarray:
-    """[layer, head] induction scores on a repeated random sequence of whole-word tokens
-    (one forward pass). See analysis.attention.induction_score for the layout."""
+    """[layer, head] induction scores on a repeated random sequence of probe tokens (one
+    forward pass; see `induction_probe`, and analysis.attention.induction_score for the
+    layout)."""
     tok = loaded.tokenizer
     prefix = tok("", add_special_tokens=True)["input_ids"][:1]  # BOS / [CLS] if the model uses one
-    pool = word_pool(tok)
+    pool, _ = induction_probe(loaded)
     if not prefix:
         prefix = [pool[0]]
     ids = att_mod.repeated_sequence(pool, INDUCTION_PERIOD, seed, prefix)
@@ -102,15 +144,24 @@ def induction_scores(loaded, seed: int = 0) -> np.ndarray:
 
 def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = False,
                   seed: int = 0, max_tokens: int | None = None,
-                  gradients: bool = True, continuation_tokens: int = 12) -> ModelResult:
-    """Capture, every layer and head metric, predictions, attribution and logit lens."""
+                  gradients: bool = True, continuation_tokens: int = 12,
+                  input_ids: list[int] | None = None) -> ModelResult:
+    """Capture, every layer and head metric, predictions, attribution and logit lens.
+
+    `input_ids` (one prompt only) analyses exactly these token ids, e.g. a diffusion model's
+    partly masked sequence, instead of re-tokenising the prompt text."""
     from models import predictions as pred_mod
 
     t0 = time.perf_counter()
     prompts = [p for p in prompts if p and p.strip()]
     if not prompts:
         raise UserError("The prompt is empty. Type some text to analyse.")
-    traces = [capture(loaded, p, max_tokens) for p in prompts]
+    if input_ids is not None:
+        if len(prompts) != 1:
+            raise UserError("Token ids can be given for one prompt only.")
+        traces = [capture(loaded, prompts[0], max_tokens, input_ids=list(input_ids))]
+    else:
+        traces = [capture(loaded, p, max_tokens) for p in prompts]
     trace = traces[0]
     pooled = pool_traces(traces)
     layers = layer_metrics_of(pooled)
@@ -171,7 +222,8 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
     source = {"name": loaded.name, "source": loaded.entry.source, "family": loaded.entry.family,
               "revision": getattr(cfg, "_commit_hash", None), "class": type(loaded.model).__name__,
               "n_layers": loaded.n_layers, "n_heads": loaded.n_heads,
-              "hidden_size": int(cfg.hidden_size), "params": loaded.params}
+              "hidden_size": int(cfg.hidden_size), "params": loaded.params,
+              "induction_probe": induction_probe(loaded)[1]}
     return ModelResult(trace=trace, layer_metrics=layers, head_metrics=heads,
                        head_projection=projection, predictions=predictions,
                        token_attribution=token_attr, head_attribution=head_attr, logit_lens=lens,

@@ -270,10 +270,10 @@ def greedy_words(model, tokenizer, text: str, n_tokens: int) -> str:
 
 TRAIN = {
     "tiny-bert": TrainConfig(steps=5000, lr=1e-3, warmup=300, mask_rate=0.25),
-    "tiny-gpt2": TrainConfig(steps=6000, lr=2e-3),
+    "tiny-gpt2": TrainConfig(steps=4000, lr=2e-3),
     "tiny-llama": TrainConfig(steps=4000, lr=2e-3),
 }
-CORPUS = {"tiny-bert": corpus_mod.CorpusConfig(repeat_pool="pool")}
+CORPUS: dict[str, corpus_mod.CorpusConfig] = {}  # per-model corpus settings (none differ now)
 TOKENIZERS = {"tiny-bert": bert_tokenizer, "tiny-gpt2": gpt2_tokenizer,
               "tiny-llama": llama_tokenizer}
 

@@ -968,3 +968,114 @@ def render_pngs(analysis: Analysis, folder: str | os.PathLike, dpi: float = 110
     for spec in standard_figures(analysis):
         out[spec.name] = save_png(spec.make(), folder / f"{spec.name}.png", dpi)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusion generation (a GenerationResult or a compare result in, a Figure out)
+
+DIFFUSION_METRICS = [  # (label, GenerationResult attribute, scale, format)
+    ("seconds", "seconds", 1.0, "{:.4f}"),
+    ("tokens / s", "tokens_per_second", 1.0, "{:.1f}"),
+    ("forward passes (NFE)", "nfe", 1.0, "{:.0f}"),
+    ("steps", "steps", 1.0, "{:.0f}"),
+    ("ms per token", "time_per_token", 1000.0, "{:.3f}"),
+    ("peak memory (MB)", "peak_memory_mb", 1.0, "{:.2f}"),
+]
+
+
+@_styled
+def decode_heatmap(result) -> Figure:
+    """Positions x steps: the top-1 probability of each still-masked position in every step's
+    forward pass (colour), the step that committed it (black box, its token written in), grey
+    once committed."""
+    from matplotlib.patches import Rectangle
+
+    from models.interactive import decode_table
+
+    table = decode_table(result)
+    n, s = len(table.tokens), len(result.trace)
+    if n == 0 or s == 0:
+        return message_figure("Nothing generated.")
+    data = np.array(table.best, dtype=np.float64)  # [position, step]
+    after = np.zeros_like(data, dtype=bool)
+    for p, cs in enumerate(table.commit_step):
+        if cs is not None:
+            after[p, cs:] = True
+    fig = _figure(min(max(7.0, 3.2 + 0.42 * s), 16), min(max(2.6, 1.6 + 0.32 * n), 14))
+    ax = fig.add_subplot()
+    grey = np.where(after, 1.0, np.nan)
+    ax.imshow(np.ma.masked_invalid(grey), cmap=matplotlib.colors.ListedColormap(["#e4e4e4"]),
+              aspect="auto", interpolation="nearest", vmin=0, vmax=1)
+    cm = matplotlib.colormaps["viridis"].with_extremes(bad=(1, 1, 1, 0))
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=cm, vmin=0, vmax=1, aspect="auto",
+                   interpolation="nearest")
+    ax.grid(False)
+    cb = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
+    cb.set_label("top-1 probability")
+    write = n * s <= 600
+    for p, cs in enumerate(table.commit_step):
+        if cs is None:
+            continue
+        ax.add_patch(Rectangle((cs - 1 - 0.5, p - 0.5), 1, 1, fill=False, lw=1.6, ec="black"))
+        if write:
+            conf = table.commit_confidence[p] or 0.0
+            ax.text(cs - 1, p, token_label(table.tokens[p], 8), ha="center", va="center",
+                    fontsize=7, color="white" if conf < 0.55 else "black")
+    ax.set_xlabel("step")
+    ax.set_ylabel("position: final token")
+    xstep = max(1, math.ceil(s / 30))
+    ax.set_xticks(range(0, s, xstep))
+    ax.set_xticklabels([str(i + 1) for i in range(0, s, xstep)])
+    ystep = max(1, math.ceil(n / 40))
+    ax.set_yticks(range(0, n, ystep))
+    ax.set_yticklabels([f"{p}: {token_label(table.tokens[p], 10)}" for p in range(0, n, ystep)],
+                       fontsize=8)
+    _title(fig, ax, f"{result.model} ({result.paradigm}): when each position was decoded (box)")
+    return fig
+
+
+def _annotated_bars(ax, names, values, colours, fmt) -> None:
+    bars = ax.bar(names, [0 if math.isnan(v) else v for v in values], color=colours)
+    for b, v in zip(bars, values, strict=True):
+        ax.annotate("n/a" if math.isnan(v) else fmt.format(v),
+                    (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                    fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.margins(y=0.18)
+
+
+@_styled
+def metric_bars(results: list) -> Figure:
+    """One small bar chart per metric of DIFFUSION_METRICS, one bar per generation."""
+    colours = {"diffusion": "#4c72b0", "autoregressive": "#dd8452"}
+    fig = _figure(13, 3.2)
+    axes = fig.subplots(1, len(DIFFUSION_METRICS))
+    for ax, (label, attr, scale, fmt) in zip(axes, DIFFUSION_METRICS, strict=True):
+        names = [r.paradigm.replace("autoregressive", "autoregr.") for r in results]
+        values = [math.nan if getattr(r, attr) is None else float(getattr(r, attr)) * scale
+                  for r in results]
+        _annotated_bars(ax, names, values, [colours.get(r.paradigm, "#888") for r in results], fmt)
+        ax.set_title(label, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    _suptitle(fig, " vs ".join(f"{r.model} ({r.paradigm})" for r in results))
+    return fig
+
+
+@_styled
+def compare_bars(result: dict) -> Figure:
+    """Accuracy, tokens/s, mean seconds and mean forward passes per paradigm."""
+    panels = [("accuracy", "accuracy", "{:.0%}"), ("tokens / s", "tokens_per_second", "{:.0f}"),
+              ("mean seconds per prompt", "mean_seconds", "{:.4f}"),
+              ("mean forward passes", "mean_nfe", "{:.1f}")]
+    fig = _figure(12, 3.2)
+    axes = fig.subplots(1, len(panels))
+    for ax, (label, key, fmt) in zip(axes, panels, strict=True):
+        values = [math.nan if result[p][key] is None else float(result[p][key])
+                  for p in ("diffusion", "autoregressive")]
+        _annotated_bars(ax, ["diffusion", "autoregr."], values, ["#4c72b0", "#dd8452"], fmt)
+        ax.set_title(label, fontsize=10)
+        if key == "accuracy":
+            ax.set_ylim(0, 1.15)
+    n = result["diffusion"]["runs"]
+    _suptitle(fig, f"{result['diffusion']['model']} (diffusion) vs "
+                   f"{result['autoregressive']['model']} (autoregressive), {n} runs each")
+    return fig

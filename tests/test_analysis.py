@@ -127,12 +127,26 @@ def test_several_models_side_by_side(gpt2, bert, llama):
         assert len(m["layer_metrics"]) == m["n_layers"] + 1
 
 
-def test_induction_head_in_a_causal_embedded_model(gpt2, llama):
-    """Trained on repeated sequences, some head attends to the token after the previous copy."""
-    for loaded in (gpt2, llama):
-        r = analyze_model(loaded, [PROMPT])
-        scores = np.sort(r.induction.ravel())
-        assert scores[-1] > 0.3 and scores[-1] > 2 * np.median(scores), loaded.name
+def test_induction_head_in_a_causal_embedded_model(llama):
+    """tiny-llama, trained on repeated sequences, has heads that attend to the token after the
+    previous copy: above 0.5 and several times the median head, and not in layer 1 (an induction
+    head needs a previous-token head below it to compose with).
+
+    (tiny-gpt2, same corpus, has none: its best head scores about 0.3 and it copies a repeated
+    sequence only in part. The test says so below rather than asserting what is not there.)"""
+    r = analyze_model(llama, [PROMPT])
+    assert "trained to copy" in r.source["induction_probe"]
+    scores = r.induction
+    layer, head = np.unravel_index(np.argmax(scores), scores.shape)
+    assert scores.max() > 0.5 and scores.max() > 4 * np.median(scores)
+    assert layer >= 1  # 0-based: layer 2 or above
+    best = max(r.head_metrics, key=lambda h: h["induction_score"])
+    assert (best["layer"], best["head"]) == (layer + 1, head)
+
+
+def test_tiny_gpt2_has_no_clear_induction_head(gpt2):
+    r = analyze_model(gpt2, [PROMPT])
+    assert r.induction.max() < 0.5
 
 
 def test_rollout_row_equals_the_full_rollout(gpt2):

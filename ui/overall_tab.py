@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis.result import LAYER_COLUMNS, Analysis, ModelResult
 from models.errors import UserError
-from ui.state import Session, compute_threads, friendly_errors
+from ui.state import Session, compute_threads, friendly_errors, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,6 @@ def session_log_table(session: Session) -> pd.DataFrame:
 def analyze_event(ctx, session: Session, models, custom, prompt, progress=None) -> tuple:
     """Run the analysis and return every output of the tab (see `output_names`)."""
     from analysis.run import analyze
-    from reports import figures
     from reports.bundle import analysis_log_entry
 
     session = session if isinstance(session, Session) else Session()
@@ -255,12 +254,28 @@ def analyze_event(ctx, session: Session, models, custom, prompt, progress=None) 
                                max_tokens=ctx.config.max_prompt_tokens, seed=0)
     except UserError as exc:
         session.record("analyze (refused)", models=list(models or []) if not isinstance(models, str)
-                       else [models], prompts=[(prompt or "")[:200]], error=str(exc))
+                       else [models], prompts=[safe_text((prompt or "")[:200])],
+                       error=safe_text(str(exc)))
         raise
     session.set_analysis(analysis)
     report(1.0, "drawing figures")
+    out = show_event(ctx, session, extra)
+    seconds = time.perf_counter() - t0
+    entry = analysis_log_entry(analysis)
+    entry["seconds"] = round(seconds, 2)
+    session.add_entry(entry)
+    log.info("analysis of %s took %.2f s (server side, figures included)", names, seconds)
+    return _with_log(out, session)
+
+
+def show_event(ctx, session: Session, extra: list[str] | None = None) -> tuple:
+    """Every output of the tab (see `output_names`) drawn from the session's current Analysis,
+    e.g. after the Diffusion tab's "Analyze this step" replaced it."""
+    from reports import figures
+
+    analysis = session.require_analysis()
     n_slots = ctx.config.max_models_per_analysis
-    out = [session, notices_markdown(analysis, extra),
+    out = [session, notices_markdown(analysis, extra or []),
            session.plot(("metric-curves",), lambda: figures.layer_metric_curves(analysis)),
            metrics_table(analysis), gr.update(value=None, visible=False)]
     slots = []
@@ -275,13 +290,13 @@ def analyze_event(ctx, session: Session, models, custom, prompt, progress=None) 
                                    functools.partial(figures.metric_correlation_heatmap, r))]
         else:
             slots += [gr.Column(visible=False), "", None, "", [], None, None]
-    seconds = time.perf_counter() - t0
-    entry = analysis_log_entry(analysis)
-    entry["seconds"] = round(seconds, 2)
-    session.add_entry(entry)
-    log.info("analysis of %s took %.2f s (server side, figures included)", names, seconds)
     out.append(session_log_table(session))
     return tuple(out + slots)
+
+
+def _with_log(out: tuple, session: Session) -> tuple:
+    """`out` with the session-log table (output 5) redrawn after the newest log entry."""
+    return (*out[:5], session_log_table(session), *out[6:])
 
 
 def _task_of(name: str) -> str | None:
@@ -307,8 +322,12 @@ def bundle_event(ctx, session: Session) -> tuple:
         target = session.folder() / f"dashboard-{names}-{stamp}.zip"
         entry = session.record("download bundle", models=[r.name for r in analysis.results],
                                prompts=list(analysis.prompts))
-        with compute_threads(max(r.source.get("params") or 0 for r in analysis.results)):
-            path = write_bundle(analysis, target, session_log=list(session.log))
+        try:
+            with compute_threads(max(r.source.get("params") or 0 for r in analysis.results)):
+                path = write_bundle(analysis, target, session_log=list(session.log))
+        except Exception as exc:  # the log must not show a bundle that was never written
+            entry["error"] = f"bundle not written ({type(exc).__name__})"
+            raise
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["result"] = path.name
         session.bundle_path, session.bundle_for = path, session.analysis_id

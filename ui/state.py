@@ -15,6 +15,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,6 +51,9 @@ class Session:
         """This session's private directory (created on first use, unguessable name)."""
         if self.directory is None or not self.directory.is_dir():
             self.directory = Path(tempfile.mkdtemp(prefix=f"{SESSION_DIR_PREFIX}{secrets.token_hex(16)}-"))
+            # also removed when the Session is dropped without `cleanup` (its state overwritten by
+            # the page-load event, which API clients can call, or evicted by Gradio's capacity)
+            weakref.finalize(self, shutil.rmtree, str(self.directory), True)
         return self.directory
 
     def owns(self, path: str | Path) -> bool:
@@ -145,9 +149,20 @@ def new_session() -> Session:
     return Session()
 
 
-def new_state() -> gr.State:
-    """The gr.State component holding one `Session` per browser session (made at page load)."""
-    return gr.State(new_session, delete_callback=cleanup)
+def new_state(time_to_live: float | None = None) -> gr.State:
+    """The gr.State component holding one `Session` per browser session (made at page load).
+
+    `time_to_live` (seconds after the session's state was last written, i.e. its last analysis
+    or bundle): then the Session is dropped and `cleanup` removes its directory. Without it a
+    session that never closes its page (an API client) would keep its results for good.
+    """
+    return gr.State(new_session, delete_callback=cleanup, time_to_live=time_to_live)
+
+
+def safe_text(text: str) -> str:
+    """`text` with undecodable data (lone surrogates, from bad UTF-8 in a request) as U+FFFD, so
+    that it can be sent back as JSON and written into the session log and bundle."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -164,11 +179,12 @@ def friendly_errors(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except UserError as exc:
-            raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
+            raise gr.Error(safe_text(str(exc)), title="Cannot do that",
+                           print_exception=False) from None
         except Exception as exc:  # a bug: log it with the traceback, tell the user briefly
             log.exception("%s failed", fn.__name__)
-            raise gr.Error(f"Internal error in {fn.__name__}: {type(exc).__name__}: {exc}"[:500],
-                           title="Internal error") from None
+            raise gr.Error(safe_text(f"Internal error in {fn.__name__}: {type(exc).__name__}: "
+                                     f"{exc}"[:500]), title="Internal error") from None
         finally:
             log.debug("%s took %.3f s", fn.__name__, time.perf_counter() - t0)
 

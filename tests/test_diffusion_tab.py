@@ -1,0 +1,325 @@
+"""The Diffusion tab: its event functions called directly, then a full generation through the
+running app's API with gradio_client."""
+
+import socket
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import pytest
+
+from reports.figures import DIFFUSION_METRICS
+from tests.conftest import have
+
+pytestmark = pytest.mark.skipif(not (have("tiny-bert") and have("tiny-gpt2")),
+                                reason="embedded tiny-bert / tiny-gpt2 missing")
+
+PROMPT = "the capital of japan is"
+DIFF = "tiny-diffusion" if have("tiny-diffusion") else "tiny-bert"
+# model, prompt, length, steps, block length, strategy, threshold, temperature, seed
+SETTINGS = [DIFF, PROMPT, 8, 4, 4, "low_confidence", 0, 0, 0]
+PROCESSING = [1.0, 0.0, 6, 0, 1.0]  # temperature, Gumbel noise, shown top-k, top-k, top-p
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    from ui.app import AppConfig, make_context
+
+    return make_context(AppConfig())
+
+
+@pytest.fixture()
+def states():
+    from ui.diffusion_tab import DiffusionSession
+    from ui.state import Session
+
+    return Session(), DiffusionSession()
+
+
+def _is_plot(value) -> bool:
+    from gradio.components.plot import PlotData
+
+    return isinstance(value, PlotData) and value.plot.startswith("data:image/png;base64,")
+
+
+def test_offered_models_put_diffusion_first(ctx):
+    from ui.diffusion_tab import causal_models, diffusion_models
+
+    names = diffusion_models(ctx)
+    assert "tiny-bert" in names and "tiny-gpt2" not in names
+    if "tiny-diffusion" in ctx.models:
+        assert names[0] == "tiny-diffusion"
+    assert "tiny-gpt2" in causal_models(ctx) and "tiny-bert" not in causal_models(ctx)
+
+
+def test_generate_shows_text_steps_heatmap_and_exports(ctx, states):
+    from ui import diffusion_tab as dt
+
+    session, ds = states
+    text, summary, slider, tokens, caption, heat, gif, viewer, files = dt.generate_event(
+        ctx, session, ds, *SETTINGS)
+    assert "tokyo" in text and text == ds.run.text
+    assert "4 steps" in summary and "4 forward passes" in summary
+    assert slider.maximum == 4 and slider.value == 4
+    assert tokens.count("class='dtok old'") + tokens.count("class='dtok new'") == 8
+    assert "Step 4 / 4" in caption
+    assert _is_plot(heat)
+    assert Path(gif).read_bytes()[:6] in (b"GIF87a", b"GIF89a") and session.owns(gif)
+    assert "<iframe" in viewer and "srcdoc=" in viewer
+    html_file, zip_file, _ = files
+    assert "<script" in Path(html_file).read_text()
+    assert set(zipfile.ZipFile(zip_file).namelist()) == {"trace.json", "steps.gif", "viewer.html"}
+    # the slider redraws from the stored trace: step 0 all masked, step 2 = 2 of 4 steps
+    tokens0, caption0 = dt.run_step_event(ctx, ds, 0)
+    assert tokens0.count("dtok masked") == 8 and "Step 0 / 4" in caption0
+    tokens2, caption2 = dt.run_step_event(ctx, ds, 2)
+    assert tokens2.count("dtok masked") == 4 and tokens2.count("dtok new") == 2
+    assert "Step 2 / 4" in caption2
+    assert session.log[-1]["action"] == "diffusion generate"
+    # a second run replaces the first run's files
+    dt.generate_event(ctx, session, ds, *SETTINGS)
+    assert not Path(gif).exists()
+
+
+def test_settings_are_checked(ctx, states):
+    from ui import diffusion_tab as dt
+
+    session, ds = states
+    bad = {2: 7, 3: 4, 4: 4}  # length 7 with block length 4
+    with pytest.raises(gr.Error, match="multiple of block_length"):
+        dt.friendly_errors(dt.generate_event)(ctx, session, ds,
+                                              *[bad.get(i, v) for i, v in enumerate(SETTINGS)])
+    with pytest.raises(gr.Error, match="diffusion or fill-mask"):
+        dt.friendly_errors(dt.generate_event)(ctx, session, ds, "tiny-gpt2", *SETTINGS[1:])
+    with pytest.raises(gr.Error, match="prompt is empty"):
+        dt.friendly_errors(dt.generate_event)(ctx, session, ds, DIFF, " ", *SETTINGS[2:])
+    with pytest.raises(gr.Error, match="whole number"):
+        dt.friendly_errors(dt.generate_event)(ctx, session, ds, DIFF, PROMPT, 2.5, *SETTINGS[3:])
+    with pytest.raises(gr.Error, match="Generate first"):
+        dt.friendly_errors(dt.run_step_event)(ctx, ds, 1)
+
+
+def test_length_limit_comes_from_the_config(ctx):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from models.errors import UserError
+    from ui import diffusion_tab as dt
+
+    small = replace(ctx, config=SimpleNamespace(max_generation_length=4))
+    with pytest.raises(UserError, match="limit of 4 tokens"):
+        dt.parse_settings(small, *SETTINGS)
+    assert dt.parse_settings(small, DIFF, PROMPT, 4, 0, 0, "random", 0.5, 1.0, 3).steps == 4
+
+
+def test_side_by_side_and_metrics(ctx, states):
+    from ui import diffusion_tab as dt
+
+    session, ds = states
+    out = dt.pair_event(ctx, session, ds, *SETTINGS, "tiny-gpt2")
+    d_text, d_info, d_slider, d_tokens, a_text, a_info, a_slider, a_tokens, table, bars = out
+    assert "tokyo" in d_text and "tokyo" in a_text
+    assert "(diffusion)" in d_info and "(autoregressive)" in a_info
+    assert d_slider.maximum == 4 and a_slider.maximum == 8  # AR: one step per token
+    assert isinstance(table, pd.DataFrame)
+    assert list(table["metric"]) == [m[0] for m in DIFFUSION_METRICS]
+    row = table.set_index("metric")
+    assert row.loc["forward passes (NFE)", f"diffusion ({DIFF})"] == 4
+    assert row.loc["forward passes (NFE)", "autoregressive (tiny-gpt2)"] == 8
+    assert row.loc["tokens / s", "autoregressive (tiny-gpt2)"] > 0
+    assert _is_plot(bars)
+    tokens, info = dt.pair_step_event(ctx, ds, 1, 3)  # AR after 3 tokens: 5 pending
+    assert tokens.count("dtok masked") == 5 and "Step 3 / 8" in info
+    with pytest.raises(gr.Error, match="autoregressive"):
+        dt.friendly_errors(dt.pair_event)(ctx, session, ds, *SETTINGS, "tiny-bert")
+
+
+def test_compare_on_the_capitals_set_and_an_upload(ctx, states, tmp_path):
+    from models.corpus import CAPITALS
+    from ui import diffusion_tab as dt
+
+    lines = dt.CAPITALS_FILE.read_text().splitlines()
+    assert lines == [f"the capital of {c} is\t{k}" for c, k in CAPITALS.items()]
+    session, ds = states
+    few = tmp_path / "few.tsv"
+    few.write_text("the capital of japan is\ttokyo\nthe capital of france is\tparis\n"
+                   "the capital of peru is\tberlin\n")
+    summary, runs, bars, note = dt.compare_set_event(ctx, session, ds, *SETTINGS, "tiny-gpt2",
+                                                     str(few))
+    assert list(summary["paradigm"]) == ["diffusion", "autoregressive"]
+    assert list(summary["scored"]) == [3, 3]
+    assert len(runs) == 3 and "uploaded file" in note
+    # the last expected answer is wrong on purpose: at most 2 of 3 can be right
+    assert all(0 <= a <= 0.6667 for a in summary["accuracy"])  # rounded to 4 places
+    assert _is_plot(bars)
+
+
+@pytest.mark.slow
+def test_compare_on_the_bundled_capitals(ctx, states):
+    from ui import diffusion_tab as dt
+
+    session, ds = states
+    summary, runs, _bars, note = dt.compare_set_event(ctx, session, ds, *SETTINGS, "tiny-gpt2",
+                                                      None)
+    assert len(runs) == 52 and "bundled capitals set" in note
+    assert (summary["accuracy"] > 0.5).all()  # both embedded models learned the capitals
+
+
+def _step(ctx, ds, fn, *args):
+    from ui import diffusion_tab as dt
+
+    seq, cands, choices, info, rewind = getattr(dt, fn)(ctx, ds, *args)
+    return {"seq": seq, "cands": cands, "choices": choices, "info": info, "rewind": rewind}
+
+
+def test_interactive_events(ctx, states):
+    from ui import diffusion_tab as dt
+
+    session, ds = states
+    with pytest.raises(gr.Error, match="Initialise first"):
+        dt.friendly_errors(dt.step_forward_event)(ctx, ds, *PROCESSING)
+    out = _step(ctx, ds, "step_init_event", DIFF, PROMPT, 8, 4, 0, *PROCESSING, False)
+    assert "Step 0" in out["info"] and "0 forward passes" in out["info"]
+    assert "Forward pass" in out["cands"] and out["choices"].choices == []
+    out = _step(ctx, ds, "step_forward_event", *PROCESSING)
+    assert "1 forward passes" in out["info"]
+    values = [v for _label, v in out["choices"].choices]
+    assert {int(v.split(":")[0]) for v in values} == {0, 1, 2, 3}  # block 0 only
+    assert out["cands"].count("<tr") == 1 + 8
+    # reprocess: another temperature and top-k, no forward pass
+    out = _step(ctx, ds, "step_reprocess_event", 0.5, 0.0, 6, 2, 1.0)
+    assert "1 forward passes" in out["info"] and "selectable top-k 2" in out["cands"]
+    assert len(out["choices"].choices) == 4 * 2
+    # auto-select one, hand-pick another, apply
+    out = _step(ctx, ds, "step_auto_event", [], 1, "low_confidence")
+    (auto,) = out["choices"].value
+    hand = next(v for _label, v in out["choices"].choices if v.split(":")[0] != auto.split(":")[0])
+    out = _step(ctx, ds, "step_select_event", [auto, hand])
+    assert "2 chosen" in out["info"] and out["seq"].count("dtok chosen") == 2
+    out = _step(ctx, ds, "step_apply_event", out["choices"].value, True)
+    assert "Step 1" in out["info"] and "6 of 8 masked" in out["info"]
+    assert "2 forward passes" in out["info"]  # the automatic forward pass after applying
+    stepper = ds.stepper
+    for v in (auto, hand):
+        p, t = map(int, v.split(":"))
+        assert stepper.region[p] == t
+    ids_at_1 = list(stepper.ids)
+    out = _step(ctx, ds, "step_auto_event", [], 2, "random")
+    out = _step(ctx, ds, "step_apply_event", out["choices"].value, True)
+    assert "Step 2" in out["info"] and out["rewind"].maximum == 2
+    out = _step(ctx, ds, "step_rewind_event", 1)
+    assert stepper.ids == ids_at_1 and stepper.step == 1 and "Rewound to step 1" in out["info"]
+    with pytest.raises(gr.Error, match="one token|Two tokens"):
+        dt.friendly_errors(dt.step_select_event)(ctx, ds, ["4:10", "4:11"])
+    out = _step(ctx, ds, "step_finish_event", 2, "low_confidence")
+    assert stepper.done and "0 of 8 masked" in out["info"] and "every position" in out["cands"].lower()
+
+
+def test_analyze_this_step_becomes_the_session_analysis(ctx, states):
+    from ui import diffusion_tab as dt
+    from ui import layer_tab
+
+    session, ds = states
+    _step(ctx, ds, "step_init_event", DIFF, PROMPT, 4, 0, 0, *PROCESSING, True)
+    _step(ctx, ds, "step_auto_event", [], 2, "low_confidence")
+    _step(ctx, ds, "step_apply_event", [f"{p}:{t}" for p, t in ds.stepper.selection.items()], True)
+    before = session.analysis_id
+    info = dt.step_analyze_event(ctx, session, ds)
+    assert "Analysed step 1" in info and "2 masked" in info
+    assert session.analysis_id == before + 1
+    result = session.analysis.results[0]
+    assert result.name == DIFF and result.trace.token_ids == ds.stepper.ids
+    assert result.trace.tokens.count("[MASK]") == 2
+    # the Layer Analysis tab draws from it like from any analysis
+    out = layer_tab.model_event(ctx, session, None, 1, 0)
+    assert out[0].value == DIFF and "layer 1" in out[3]
+    # and the Overall tab (whose ZIP button bundles session.analysis) shows the same analysis
+    from ui import overall_tab
+
+    shown = dict(zip(overall_tab.output_names(ctx.config.max_models_per_analysis),
+                     overall_tab.show_event(ctx, session), strict=True))
+    table = shown["metrics-table"]
+    assert set(table["model"]) == {DIFF}
+    assert len(table) == result.trace.n_layers + 1
+    assert shown["model-header-0"].startswith(f"### {DIFF}")
+
+
+# ---------------------------------------------------------------------------- through the API
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url():
+    from ui.app import AppConfig, serve
+
+    demo = serve(AppConfig(host="127.0.0.1", port=free_port()), block=False)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.mark.slow
+def test_full_generation_through_gradio_client(url):
+    from gradio_client import Client
+
+    c = Client(url, verbose=False, download_files=True)
+    out = c.predict(*SETTINGS, api_name="/diffusion_generate")
+    text, summary, slider, tokens, caption, heat, gif, viewer, files = out
+    assert "tokyo" in text and "4 steps" in summary
+    assert "Step 4 / 4" in caption and "dtok" in tokens
+    assert Path(gif).read_bytes()[:3] == b"GIF"
+    names = sorted(Path(f).suffix for f in files)
+    assert names == [".gif", ".html", ".zip"]
+    tokens1, caption1 = c.predict(1, api_name="/diffusion_step")
+    assert "Step 1 / 4" in caption1 and tokens1.count("dtok masked") == 6
+    # interactive: initialise (with a forward pass), auto-select 2, apply, rewind
+    init = c.predict(DIFF, PROMPT, 8, 0, 0, *PROCESSING, True, api_name="/step_init")
+    assert "1 forward passes" in init[3]
+    auto = c.predict([], 2, "low_confidence", api_name="/step_auto")
+    chosen = auto[2]["value"] if isinstance(auto[2], dict) else auto[2]
+    assert len(chosen) == 2
+    applied = c.predict(chosen, True, api_name="/step_apply")
+    assert "Step 1" in applied[3] and "6 of 8 masked" in applied[3]
+    back = c.predict(0, api_name="/step_rewind")
+    assert "Step 0" in back[3] and "8 of 8 masked" in back[3]
+    # a second client has its own stepper
+    other = Client(url, verbose=False)
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Initialise first"):
+        other.predict([], 1, "low_confidence", api_name="/step_auto")
+
+
+
+def test_every_component_of_the_tab_has_an_elem_id():
+    from models.loading import CACHE
+    from ui.app import AppConfig, build_app
+
+    CACHE.clear()
+    demo = build_app(AppConfig())
+    assert CACHE.names() == []  # building the tab loads no model
+    tab = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "tab-diffusion")
+    missing, seen = [], 0
+
+    def walk(block):
+        nonlocal seen
+        for child in getattr(block, "children", []):
+            if isinstance(child, gr.State):
+                continue
+            if type(child).__name__ == "Form":  # made by Gradio around form fields
+                walk(child)
+                continue
+            seen += 1
+            if not getattr(child, "elem_id", None):
+                missing.append(type(child).__name__)
+            walk(child)
+
+    walk(tab)
+    assert seen > 60 and missing == []
