@@ -35,10 +35,23 @@ def _write_json(path: str | None, data) -> None:
     if not path:
         return
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+        os.replace(tmp, out)
+    except OSError as exc:
+        if tmp.is_file():
+            tmp.unlink()
+        raise CliError(f"cannot write --json {path}: {exc.strerror or exc}") from None
+
+
+def _writing(flag: str, path: str, write):
+    """Run `write()` (a bundle or export writer); an unwritable path is a one-line error."""
+    try:
+        return write()
+    except OSError as exc:
+        raise CliError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
 
 
 def _json_default(obj):
@@ -49,6 +62,19 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(type(obj).__name__)
+
+
+def _text(name: str, value: str | None) -> None:
+    """Command-line text that is not valid UTF-8 arrives with lone surrogates: refuse it here."""
+    from analysis.capture import check_text
+    from models.errors import UserError
+
+    if value is not None:
+        try:
+            check_text(value)
+        except UserError:
+            raise CliError(f"--{name} is not valid UTF-8 text; check the terminal's encoding or "
+                           "pass the text in a UTF-8 --prompts file") from None
 
 
 def _finite(name: str, value: float | None) -> None:
@@ -93,7 +119,10 @@ def _read_prompts(args) -> list[str]:
 def cmd_analyze(args) -> int:
     from analysis.run import analyze, summary_json
     from models.loading import load
+    from models.predictions import check_top_k
 
+    _text("prompt", args.prompt)
+    check_top_k(args.top_k)
     opts = _load_options(args)
     prompts = _read_prompts(args)
     result = analyze(args.model, prompts, load=lambda n: load(n, opts), top_k=args.top_k,
@@ -118,7 +147,7 @@ def cmd_analyze(args) -> int:
     if args.out:
         from reports.bundle import write_bundle
 
-        path = write_bundle(result, args.out)
+        path = _writing("--out", args.out, lambda: write_bundle(result, args.out))
         print(f"bundle: {path}")
     return 0
 
@@ -133,8 +162,11 @@ def cmd_predict(args) -> int:
     from models.loading import load
     from models.predictions import predict
 
+    _text("prompt", args.prompt)
     _finite("temperature", args.temperature)
     _finite("top-p", args.top_p)
+    if args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     loaded = load(args.model, _load_options(args))
     out = predict(loaded, args.prompt, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)
@@ -156,7 +188,10 @@ def cmd_serve(args) -> int:
     serve(AppConfig(host=args.host, port=args.port, share=args.share, auth=args.auth,
                     models=models, allow_custom_models=args.allow_custom_models,
                     trust_remote_code=args.trust_remote_code,
-                    allow_pickle=args.allow_pickle_weights))
+                    allow_pickle=args.allow_pickle_weights,
+                    max_prompt_tokens=args.max_prompt_tokens,
+                    max_generation_length=args.max_generation_length,
+                    max_concurrent_jobs=args.max_concurrent_jobs))
     return 0
 
 
@@ -164,6 +199,7 @@ def cmd_generate(args) -> int:
     from models import generation as gen
     from models.loading import load
 
+    _text("prompt", args.prompt)
     for name in ("threshold", "temperature", "top_p", "cfg_scale"):
         _finite(name.replace("_", "-"), getattr(args, name))
     loaded = load(args.model, _load_options(args))
@@ -192,7 +228,7 @@ def cmd_generate(args) -> int:
     if args.out:
         from reports.diffusion_export import export_zip
 
-        print(f"export: {export_zip(result, args.out)}")
+        print(f"export: {_writing('--out', args.out, lambda: export_zip(result, args.out))}")
     return 0
 
 
@@ -237,6 +273,7 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> Parser:
+    from ui import limits
     parser = Parser(prog="dashboard.py", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -250,6 +287,14 @@ def build_parser() -> Parser:
     p.add_argument("--models", metavar="NAME,...", help="registry entries to offer")
     p.add_argument("--allow-custom-models", action="store_true",
                    help="let the page load any HuggingFace id or local folder")
+    p.add_argument("--max-prompt-tokens", type=int, default=limits.DEFAULT_MAX_PROMPT_TOKENS,
+                   help="longer prompts are truncated, with a notice (default %(default)s)")
+    p.add_argument("--max-generation-length", type=int,
+                   default=limits.DEFAULT_MAX_GENERATION_LENGTH,
+                   help="the most tokens one generation may ask for (default %(default)s)")
+    p.add_argument("--max-concurrent-jobs", type=int, default=limits.DEFAULT_MAX_CONCURRENT_JOBS,
+                   help="jobs of one kind run at once; the rest wait in the queue "
+                        "(default %(default)s)")
     _add_load_flags(p)
     p.set_defaults(func=cmd_serve)
 

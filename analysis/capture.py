@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,20 +64,33 @@ def encode(loaded, prompt: str, max_tokens: int | None = None) -> tuple[list[int
     """Token ids for a prompt (special tokens as the model expects), truncated with a notice."""
     if prompt is None or not str(prompt).strip():
         raise UserError("The prompt is empty. Type some text to analyse.")
+    prompt = check_text(str(prompt))
     tok = loaded.tokenizer
     mask = getattr(tok, "mask_token", None)
     if mask and mask != "[MASK]":  # let users type [MASK] for RoBERTa's <mask> and the like
         prompt = prompt.replace("[MASK]", mask)
     ids = tok(prompt, add_special_tokens=True)["input_ids"]
     limit = context_length(loaded)
-    if max_tokens is not None:
-        limit = min(limit, max_tokens)
+    whose = f"the context length of {loaded.name}"
+    if max_tokens is not None and max_tokens < limit:
+        limit, whose = max_tokens, "this server's limit, --max-prompt-tokens"
     notices = []
     if len(ids) > limit:
         notices.append(f"The prompt has {len(ids)} tokens; only the first {limit} were analysed "
-                       f"(the limit for {loaded.name}).")
+                       f"({whose}).")
         ids = ids[:limit]
     return ids, notices
+
+
+def check_text(prompt: str) -> str:
+    """The prompt unchanged when it is valid Unicode text; UserError when it holds undecodable
+    bytes (lone surrogates, e.g. invalid UTF-8 on the command line or \\udcxx in JSON)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"The prompt is not valid UTF-8 text (undecodable data at character "
+                        f"{exc.start}); retype it or paste it as plain text.") from None
+    return prompt
 
 
 def context_length(loaded) -> int:
@@ -154,7 +168,22 @@ class AttentionStore:
         if not self.on_disk:
             return self._array
         self._fh.close()
-        return np.load(self.path, mmap_mode="r")
+        array = np.load(self.path, mmap_mode="r")
+        self._remove_file()  # the mapping keeps the data; nothing is left behind in the temp dir
+        return array
+
+    def discard(self) -> None:
+        """After a failed capture: close and remove the partial on-disk array, if any."""
+        if self.on_disk:
+            self._fh.close()
+            self._remove_file()
+
+    def _remove_file(self) -> None:
+        try:  # POSIX: the name goes now, the space when the last mapping of it is dropped
+            os.unlink(self.path)
+            os.rmdir(self._dir)
+        except OSError:  # e.g. Windows cannot unlink a mapped file: leave it to the OS temp cleanup
+            pass
 
 
 STAT_NAMES = ("attention_entropy", "previous_token_score", "first_token_score", "self_score",
@@ -201,10 +230,13 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
     store = AttentionStore(loaded.n_layers, loaded.n_heads, len(ids), loaded.causal)
     found = attention_modules(model)
     handles = []
+    me = threading.get_ident()
     if found is not None:
         mods, index = found
         for layer, mod in enumerate(mods):
             def hook(module, args, output, layer=layer, index=index):
+                if threading.get_ident() != me:  # another thread's forward pass on this shared
+                    return  # model (a generation, another session): not ours to record
                 w = output[index] if isinstance(output, tuple) and len(output) > index else None
                 if w is None:
                     raise RuntimeError("attention weights not returned: load the model with "
@@ -216,17 +248,25 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
             out = model(input_ids=torch.tensor([ids]), output_hidden_states=True,
                         output_attentions=found is None)
     except RuntimeError as exc:
+        store.discard()
         raise UserError(f"'{loaded.name}' gave no attention weights ({exc}).") from None
+    except BaseException:
+        store.discard()
+        raise
     finally:
         for h in handles:
             h.remove()
-    if found is None:
-        if not out.attentions or out.attentions[0] is None:
-            raise UserError(f"'{loaded.name}' returned no attention weights (it must be loaded "
-                            "with attn_implementation='eager').")
-        for layer, a in enumerate(out.attentions):
-            store.add(layer, a[0].float().numpy())
-    attentions = store.finish()
+    try:
+        if found is None:
+            if not out.attentions or out.attentions[0] is None:
+                raise UserError(f"'{loaded.name}' returned no attention weights (it must be "
+                                "loaded with attn_implementation='eager').")
+            for layer, a in enumerate(out.attentions):
+                store.add(layer, a[0].float().numpy())
+        attentions = store.finish()
+    except BaseException:
+        store.discard()
+        raise
     if store.on_disk:
         notices.append(f"The attention array ({np.prod(store.shape) * 4 / 2**20:.0f} MB as "
                        "float32) is kept as float16 on disk.")

@@ -40,6 +40,7 @@ Definitions (the Details tab quotes these):
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -140,6 +141,9 @@ class GenerationResult:
 
 # --------------------------------------------------------------------------------------------
 # Plain functions: schedules and the per-step maths
+
+
+MAX_SEED = 2**32 - 1  # seeds are 0 .. MAX_SEED (torch generators take 64 bits; keep headroom)
 
 
 def num_transfer_tokens(n: int, steps: int) -> list[int]:
@@ -391,9 +395,11 @@ def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> float:
 
 
 def _check_prompt(prompt: Any) -> str:
+    from analysis.capture import check_text
+
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError("The prompt is empty. Type some text to start from.")
-    return prompt
+    return check_text(prompt)
 
 
 def _check_fits(loaded: Any, n_prompt: int, length: int) -> None:
@@ -591,7 +597,7 @@ def diffusion_generate(loaded: Any, prompt: str, length: int, steps: int | None 
     if cfg_scale < 0:
         raise UserError(f"cfg_scale must be 0 (off) or positive, got {cfg_scale}.")
     n_candidates = _check_int("n_candidates", n_candidates, 0)
-    seed = _check_int("seed", seed, 0)
+    seed = _check_int("seed", seed, 0, MAX_SEED)
     mask_id = mask_token_id(loaded)
 
     model, tok = loaded.model, loaded.tokenizer
@@ -679,7 +685,7 @@ def remask_generate(loaded: Any, prompt: str, length: int, steps: int,
     temperature = _check_sampling(temperature, top_k, top_p)
     if sampling != "greedy" and temperature == 0:
         raise UserError(f"{sampling} sampling needs a positive temperature.")
-    seed = _check_int("seed", seed, 0)
+    seed = _check_int("seed", seed, 0, MAX_SEED)
     n_candidates = _check_int("n_candidates", n_candidates, 0)
     mask_id = mask_token_id(loaded)
     k = top_k if sampling == "top_k" else None
@@ -755,7 +761,7 @@ def autoregressive_generate(loaded: Any, prompt: str, length: int, temperature: 
     prompt = _check_prompt(prompt)
     length = _check_int("length", length, 1)
     temperature = _check_sampling(temperature, top_k, top_p)
-    seed = _check_int("seed", seed, 0)
+    seed = _check_int("seed", seed, 0, MAX_SEED)
     n_candidates = _check_int("n_candidates", n_candidates, 0)
     model, tok = loaded.model, loaded.tokenizer
     ids = _encode(loaded, prompt, use_chat_template)
@@ -767,6 +773,9 @@ def autoregressive_generate(loaded: Any, prompt: str, length: int, temperature: 
     gen = torch.Generator(device=device).manual_seed(seed)
     raw: list[_RawStep] = []
     generated: list[int] = []
+    # transformers 5.x renamed the cache argument (`past_key_values` is deprecated); use the one
+    # this model's forward takes
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     nfe = 0
     meter = _Meter(device)
     with torch.inference_mode():
@@ -792,7 +801,7 @@ def autoregressive_generate(loaded: Any, prompt: str, length: int, temperature: 
                 break
             nxt = token.view(1, 1)
             if use_cache:
-                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+                out = model(input_ids=nxt, use_cache=True, **{cache_kw: out.past_key_values})
             else:
                 seq = torch.cat([seq, nxt], dim=1)
                 out = model(input_ids=seq, use_cache=False)
@@ -900,7 +909,7 @@ def compare(ar_loaded: Any, diff_loaded: Any, prompts: Sequence[tuple[str, str |
     if not seeds:
         raise UserError("Give at least one seed.")
     for s in seeds:
-        _check_int("seed", s, 0)
+        _check_int("seed", s, 0, MAX_SEED)
 
     def run_ar(prompt: str, seed: int, n: int = length) -> GenerationResult:
         return autoregressive_generate(ar_loaded, prompt, n, temperature=temperature, top_k=top_k,

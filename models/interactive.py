@@ -51,6 +51,7 @@ import torch
 
 from models.errors import UserError
 from models.generation import (
+    MAX_SEED,
     STRATEGIES,
     GenerationResult,
     StepRecord,
@@ -142,7 +143,7 @@ class Stepper:
         self.prompt = prompt
         self.length = length
         self.block_length = block_length
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = _check_int("seed", seed, 0, MAX_SEED)
         self.mask_id = mask_token_id(loaded)
         lay = _layout(loaded, prompt, length, self.mask_id, use_chat_template)
         self.start = lay.start

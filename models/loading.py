@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import UserError
-from models.registry import ModelEntry, availability, resolve
+from models.registry import Availability, ModelEntry, availability, resolve
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ _AUTO_BY_TASK = {
 }
 
 
-def _check_weights(folder: Path, allow_pickle: bool) -> None:
+def _check_weights(folder: Path, allow_pickle: bool) -> bool:
+    """True when the folder has only pickle weights (allowed by the flag); UserError if refused."""
     safes = list(folder.glob("*.safetensors"))
     pickles = [p for p in folder.glob("*.bin")] + list(folder.glob("*.pt")) + list(folder.glob("*.pth"))
     if not safes and pickles and not allow_pickle:
@@ -70,6 +71,10 @@ def _check_weights(folder: Path, allow_pickle: bool) -> None:
                         "on the command line if you trust the files.")
     if not safes and not pickles:
         raise UserError(f"'{folder}' has no weights file (*.safetensors).")
+    if not safes:
+        log.warning("loading pickle weights %s (--allow-pickle-weights): unpickling can run code",
+                    pickles[0])
+    return not safes
 
 
 def load_uncached(entry: ModelEntry, options: LoadOptions = LoadOptions()) -> Loaded:
@@ -82,16 +87,20 @@ def load_uncached(entry: ModelEntry, options: LoadOptions = LoadOptions()) -> Lo
     if entry.needs_remote_code and not options.trust_remote_code:
         raise UserError(f"'{entry.name}' runs its own model code; start the dashboard with "
                         "--trust-remote-code to allow it.")
+    pickled = False  # the weights are checked first: their message says what to do
+    if entry.family in ("embedded", "local"):
+        pickled = _check_weights(Path(entry.source), options.allow_pickle)
     av = availability(entry)
+    if not av.available and pickled and (Path(entry.source) / "config.json").is_file():
+        av = Availability(True, "pickle weights, allowed by --allow-pickle-weights")
     if not av.available and entry.family == "hub" and entry.extra.get("guessed"):
         raise UserError(f"Unknown model '{entry.name}': not a registry name, not a local folder, "
                         f"and not a HuggingFace id that can be reached ({av.reason}). "
                         "Run `python dashboard.py models` to see what is available.")
     if not av.available:
         raise UserError(f"Model '{entry.name}' is not available: {av.reason}. "
-                        "The embedded models (tiny-bert, tiny-gpt2, tiny-llama) always are.")
-    if entry.family in ("embedded", "local"):
-        _check_weights(Path(entry.source), options.allow_pickle)
+                        "The embedded models (tiny-bert, tiny-gpt2, tiny-llama, tiny-diffusion) "
+                        "always are.")
     auto = getattr(transformers, _AUTO_BY_TASK[entry.task])
     kwargs = dict(attn_implementation="eager", use_safetensors=None if options.allow_pickle else True,
                   trust_remote_code=options.trust_remote_code)

@@ -18,6 +18,7 @@ import gradio as gr
 
 from models.errors import UserError
 from ui import details_tab, diffusion_tab, layer_tab, overall_tab
+from ui import limits as limits_mod
 from ui.state import new_state
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,12 @@ class AppConfig:
     models: list[str] | None = None  # None: the registry default (the available embedded models)
     allow_custom_models: bool = False  # any HF id / local folder typed into the page
     trust_remote_code: bool = False  # only from the command line, never settable from the page
-    max_prompt_tokens: int = 512
+    max_prompt_tokens: int = limits_mod.DEFAULT_MAX_PROMPT_TOKENS  # longer prompts: truncated
     allow_pickle: bool = False
     max_models_per_analysis: int = 4
+    max_generation_length: int = limits_mod.DEFAULT_MAX_GENERATION_LENGTH  # tokens per generation
+    max_concurrent_jobs: int = limits_mod.DEFAULT_MAX_CONCURRENT_JOBS  # the queue's default limit
+    session_ttl_s: float | None = limits_mod.DEFAULT_SESSION_TTL_S  # results dropped after this
 
 
 @dataclass
@@ -87,8 +91,7 @@ def offered_models(config: AppConfig) -> list[str]:
 def check_config(config: AppConfig) -> None:
     if not 0 <= int(config.port) <= 65535:
         raise UserError(f"--port must be 0..65535, got {config.port}.")
-    if int(config.max_prompt_tokens) < 2:
-        raise UserError(f"max_prompt_tokens must be at least 2, got {config.max_prompt_tokens}.")
+    limits_mod.check_limits(config)
     if int(config.max_models_per_analysis) < 1:
         raise UserError("max_models_per_analysis must be at least 1.")
     parse_auth(config.auth)
@@ -109,7 +112,7 @@ def build_app(config: AppConfig, ctx: Context | None = None) -> gr.Blocks:
     ctx = ctx or make_context(config)
     # delete_cache: Gradio's copies of served files (bundles, GIFs) older than 2 h, checked hourly
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
-        ctx.state = new_state()
+        ctx.state = new_state(time_to_live=config.session_ttl_s)
         gr.Markdown(f"# {TITLE}\nLook inside transformer language models: how representations "
                     "change layer by layer, what every attention head does, what the model "
                     "predicts and why. Start on **Overall**, then open **Layer Analysis**; "
@@ -144,8 +147,13 @@ def serve(config: AppConfig, block: bool = True) -> gr.Blocks:
                "--auth USER:PASS is set: anyone can run models on this machine.")
         print(f"\n{'!' * 78}\nWARNING: {msg}\n{'!' * 78}\n", file=sys.stderr, flush=True)
         log.warning(msg)
+    if config.allow_pickle:
+        msg = ("--allow-pickle-weights: *.bin/*.pt weights are unpickled when loaded and can run "
+               "code; use it only for checkpoints you trust.")
+        print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+        log.warning(msg)
     demo = build_app(config)
-    demo.queue(default_concurrency_limit=1)
+    demo.queue(default_concurrency_limit=config.max_concurrent_jobs)
     kwargs = launch_kwargs(config)
     try:
         demo.launch(prevent_thread_lock=True, **kwargs)

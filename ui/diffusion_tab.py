@@ -200,7 +200,7 @@ def parse_settings(ctx, model, prompt, length, steps, block_length, strategy, th
         raise UserError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     t = _number("threshold", threshold, 0.0, default=0.0)
     temperature = _number("temperature", temperature, 0.0, default=0.0)
-    seed = _whole("seed", seed, 0, default=0)
+    seed = _whole("seed", seed, 0, 2**32 - 1, default=0)
     return RunSettings(model, prompt, length, steps, block_length, strategy, t or None, temperature,
                        seed)
 
@@ -829,7 +829,8 @@ def build(ctx) -> DiffusionTab:
                                   info="0 = off", elem_id="diff-threshold", min_width=110)
             temperature = gr.Number(value=0, minimum=0, label="Temperature", info="0 = greedy",
                                     elem_id="diff-temperature", min_width=110)
-            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", info="for sampling",
+            seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed",
+                             info="for sampling",
                              elem_id="diff-seed", min_width=90)
     settings = [model, prompt, length, steps, block_length, strategy, threshold, temperature, seed]
 

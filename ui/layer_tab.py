@@ -58,8 +58,11 @@ def _result(session: Session, model: str | None) -> ModelResult:
 
 def _clamp(result: ModelResult, layer, head) -> tuple[int, int]:
     n_layers, n_heads = result.trace.n_layers, result.trace.n_heads
-    layer = int(round(float(layer if layer is not None else 1)))
-    head = int(round(float(head if head is not None else 0)))
+    try:  # an API client can send NaN or a string where the page's sliders send numbers
+        layer = int(round(float(layer if layer is not None else 1)))
+        head = int(round(float(head if head is not None else 0)))
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"Layer and head must be whole numbers (got {layer!r}, {head!r}).") from None
     return min(max(layer, 1), n_layers), min(max(head, 0), n_heads - 1)
 
 

@@ -1,0 +1,90 @@
+"""Limits that keep one user of a served dashboard from exhausting the machine.
+
+Each limit is a field of `ui.app.AppConfig` with a sensible default and a `serve` flag:
+
+    max_prompt_tokens      --max-prompt-tokens      longer prompts are truncated, with a notice
+    max_generation_length  --max-generation-length  tokens one generation may ask for
+    max_concurrent_jobs    --max-concurrent-jobs    events of one kind running at once (the
+                                                    queue's default_concurrency_limit)
+
+The tabs call the `check_*` helpers below; each raises `UserError` (shown as a gr.Error) with
+a message that says the limit and how to raise it. The command line itself is not limited:
+whoever runs it owns the machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from models.errors import UserError
+
+DEFAULT_MAX_PROMPT_TOKENS = 512
+DEFAULT_MAX_GENERATION_LENGTH = 256
+DEFAULT_MAX_CONCURRENT_JOBS = 1  # a laptop CPU: one model run at a time, the rest wait in the queue
+DEFAULT_SESSION_TTL_S = 7200.0  # a session's results are dropped this long after its last update
+
+# Every event that runs a model shares this concurrency_id, so two of them never run at once
+# on the same (shared, cached) model; see ui.overall_tab and the Diffusion tab.
+MODEL_CONCURRENCY_ID = "model"
+
+
+def _whole(name: str, value: Any, lo: int, flag: str | None = None) -> int:
+    """`value` as an int >= lo, or a UserError naming the setting (a bool is not a number)."""
+    where = f" ({flag})" if flag else ""
+    if isinstance(value, bool):
+        raise UserError(f"{name}{where} must be a whole number, got {value!r}.")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise UserError(f"{name}{where} must be a whole number, got {value!r}.")
+        value = int(value)
+    if not isinstance(value, int):
+        raise UserError(f"{name}{where} must be a whole number, got {value!r}.")
+    if value < lo:
+        raise UserError(f"{name}{where} must be at least {lo}, got {value}.")
+    return value
+
+
+def check_limits(config) -> None:
+    """Validate the limits of an AppConfig (at start-up, before anything is served)."""
+    _whole("max_prompt_tokens", config.max_prompt_tokens, 2, "--max-prompt-tokens")
+    _whole("max_generation_length", config.max_generation_length, 1, "--max-generation-length")
+    _whole("max_concurrent_jobs", config.max_concurrent_jobs, 1, "--max-concurrent-jobs")
+    ttl = config.session_ttl_s
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
+                            or math.isnan(ttl) or ttl <= 0):
+        raise UserError(f"session_ttl_s must be a positive number of seconds or None, got {ttl!r}.")
+
+
+def prompt_token_limit(config, context_length: int | None = None) -> int:
+    """The most prompt tokens one request may analyse: the server's limit, or the model's
+    context when that is smaller."""
+    limit = int(config.max_prompt_tokens)
+    return limit if context_length is None else min(limit, int(context_length))
+
+
+def check_generation_length(config, n: Any) -> int:
+    """`n` (tokens to generate) as an int in 1..config.max_generation_length, else UserError."""
+    limit = int(config.max_generation_length)
+    n = _whole("The generation length", n, 1)
+    if n > limit:
+        raise UserError(f"The generation length {n} is over this server's limit of {limit} tokens; "
+                        "choose a shorter length (the limit is set with --max-generation-length).")
+    return n
+
+
+def check_generation_steps(config, steps: Any, length: int) -> int | None:
+    """Diffusion steps: None (= length) or an int in 1..length (so at most the length limit)."""
+    if steps is None:
+        return None
+    steps = _whole("The number of steps", steps, 1)
+    if steps > length:
+        raise UserError(f"The number of steps ({steps}) cannot exceed the generation length "
+                        f"({length}).")
+    return steps
+
+
+def concurrency_limit(config, wanted: int | None = None) -> int:
+    """How many events of one kind may run at once: `wanted`, capped by max_concurrent_jobs."""
+    cap = int(config.max_concurrent_jobs)
+    return cap if wanted is None else max(1, min(int(wanted), cap))
