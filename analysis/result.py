@@ -29,7 +29,8 @@ class ModelResult:
     # "grad_x_input": [T floats], "rollout": [T floats]}
     token_attribution: dict
     head_attribution: np.ndarray  # [layer, head] effect on the predicted token's log-prob
-    # logit lens: {"top_tokens": [[str] * T] * (L + 1), "top_probs": array [L + 1, T]}
+    # logit lens over the last positions P (analysis.attribution.LENS_POSITIONS):
+    # {"positions": [int] * P, "top_tokens": [[str] * P] * (L + 1), "top_probs": [L + 1, P]}
     logit_lens: dict
     induction: np.ndarray | None = None  # [layer, head] scores on a repeated random sequence
     seconds: float = 0.0

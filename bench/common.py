@@ -14,18 +14,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def synthetic_tokenizer(vocab_size: int, bos: bool):
-    """A word-level tokenizer 't0 .. tN' so real-sized vocabularies need no download."""
+    """A word-level tokenizer 't3 .. tN' so real-sized vocabularies need no download.
+
+    The special tokens have names that cannot occur inside a word ('t1' would: special tokens
+    are matched as substrings before splitting, so 't12' would become 't1' + '2')."""
     from tokenizers import Tokenizer, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {f"t{i}": i for i in range(vocab_size)}
-    tok = Tokenizer(WordLevel(vocab, unk_token="t0"))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     if bos:
-        tok.post_processor = processors.TemplateProcessing(single="t1 $A", special_tokens=[("t1", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", bos_token="t1",
-                                   eos_token="t2", pad_token="t2")
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="</s>")
 
 
 def random_model(kind: str):

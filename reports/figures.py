@@ -32,6 +32,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.colors import PowerNorm, TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from analysis import attribution  # noqa: E402
 from analysis.result import LAYER_COLUMNS, Analysis, ModelResult  # noqa: E402
 from models.errors import UserError  # noqa: E402
 
@@ -43,7 +44,7 @@ STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook"),
          "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9,
          "figure.titlesize": 13, "axes.titleweight": "normal"}
 MAX_TICK_LABELS = 60  # with more tokens every k-th label is shown
-LENS_POSITIONS = 24  # logit lens: the last positions shown when the prompt is longer
+LENS_POSITIONS = attribution.LENS_POSITIONS  # logit lens: the last positions shown
 GIF_MAX_BYTES = 2 * 1024 * 1024
 MAX_HEAD_LABELS = 200  # head_clusters writes 'L{layer}H{head}' for at most this many heads
 
@@ -588,11 +589,13 @@ def logit_lens(result: ModelResult) -> Figure:
         return message_figure("this model has no LM head: no logit lens",
                               title=f"{result.name}: logit lens")
     tokens = result.trace.tokens
-    n_layers1, n = probs.shape
-    start = max(0, n - LENS_POSITIONS)
-    probs = probs[:, start:]
-    texts = [[token_label(s, 9) for s in row[start:]] for row in tops]
-    shown = n - start
+    n = len(tokens)
+    positions = list(lens.get("positions") or range(probs.shape[1]))  # older results: all
+    start = max(positions[0] if positions else 0, n - LENS_POSITIONS)
+    cols = [i for i, p in enumerate(positions) if p >= start]
+    probs = probs[:, cols]
+    texts = [[token_label(row[i], 9) for i in cols] for row in tops]
+    n_layers1, shown = probs.shape
     fig = _figure(0.78 * shown + 3.0, 0.36 * n_layers1 + 2.2)
     ax = fig.add_subplot()
     im = _heatmap(fig, ax, probs, "magma", "top-token probability", vmin=0, vmax=1)
@@ -877,7 +880,8 @@ CAPTIONS = {
         "ablation: the exact change when the head's output is zeroed."),
     "logit_lens": (
         "Logit lens",
-        "The hidden state of every layer and position decoded with the model's own output head: "
+        "The hidden state of every layer at the last (up to 24) positions decoded with the model's "
+        "own output head: "
         "the cell text is the top token and the colour its probability. Read a column top to "
         "bottom to see when the final prediction emerges."),
     "induction_heatmap": (

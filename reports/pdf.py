@@ -106,7 +106,7 @@ HEAD_DEFINITIONS = [
      "(gradient), or the exact change of log p when g_h = 0 (ablation)."),
     ("logit lens", "Each layer's hidden state through the final norm and the unembedding "
      "(causal models) or the MLM head (encoders): the top token and its probability at every "
-     "layer and position."),
+     "layer, for the last 24 positions (each costs one output-head product)."),
 ]
 
 

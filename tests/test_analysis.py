@@ -56,6 +56,7 @@ def test_analysis_of_gpt2_end_to_end(gpt2):
     # logit lens: the last layer reproduces the model's own top-1
     assert r.logit_lens["top_tokens"][-1][-1].strip() == "tokyo"
     assert r.logit_lens["top_probs"][-1][-1] == pytest.approx(probs[0], rel=1e-4)
+    assert r.logit_lens["positions"] == list(range(len(r.trace.tokens)))  # short: every position
     # attribution covers every token; rollout rows are distributions
     ta = r.token_attribution
     assert ta["target"] == "tokyo" and len(ta["grad_x_input"]) == len(r.trace.tokens)
@@ -190,3 +191,20 @@ def test_checkpointed_backward_gives_the_same_gradients(gpt2, monkeypatch):
     for a, b in zip(plain, ckpt, strict=True):
         assert np.allclose(a, b, atol=1e-6)
     assert "forward" not in vars(gpt2.model.transformer.h[0])  # the wrapper is removed
+
+
+def test_logit_lens_covers_the_last_positions_of_a_long_prompt(gpt2):
+    """Past 24 tokens the lens covers the last 24 positions (and says which); the last layer
+    still reproduces the model's own top-1 at the last position."""
+    from analysis.attribution import LENS_POSITIONS
+
+    long = "the cat sat on the mat and the dog ran in the park . " * 3 + PROMPT
+    r = analyze_model(gpt2, [long])
+    n = len(r.trace.tokens)
+    assert n > LENS_POSITIONS
+    lens = r.logit_lens
+    assert lens["positions"] == list(range(n - LENS_POSITIONS, n))
+    assert np.asarray(lens["top_probs"]).shape == (r.trace.n_layers + 1, LENS_POSITIONS)
+    top = r.predictions["predictions"][0]
+    assert lens["top_tokens"][-1][-1].strip() == top["token"]
+    assert lens["top_probs"][-1][-1] == pytest.approx(top["probability"], rel=1e-4)
