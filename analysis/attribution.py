@@ -85,6 +85,30 @@ def checkpointed_blocks(model, enabled: bool):
             del block.forward  # back to the class's forward
 
 
+@contextmanager
+def fused_attention(model, enabled: bool):
+    """Run `model` with PyTorch's scaled_dot_product_attention instead of eager attention.
+
+    The gradient pass needs no attention weights, and SDPA's CPU kernels never hold a
+    [head, T, T] matrix, forward or backward (at 2048 tokens eager attention is 0.5 GB per
+    layer and per copy). Restored to eager afterwards; the capture needs eager (its hooks read
+    the weights). Callers run one model job at a time (the app's "model" queue, the CLI)."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if not enabled or current != "eager" or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    try:
+        model.set_attn_implementation("sdpa")
+    except (ValueError, ImportError, NotImplementedError) as exc:  # not every model has SDPA
+        log.debug("no SDPA for %s: %s", type(model).__name__, exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        model.set_attn_implementation("eager")
+
+
 def target_for(trace, mask_token_id: int | None) -> tuple[int, int] | None:
     """(position, token id) of the prediction to explain, or None (encoder, no [MASK])."""
     if trace.logits.size == 0:
@@ -112,7 +136,7 @@ def gradient_attribution(loaded, token_ids: list[int], position: int, target: in
     t = len(token_ids)
     big = 3 * 4 * n_layers * n_heads * t * t > CHECKPOINT_ABOVE
     with torch.enable_grad(), head_gates(model, n_layers, n_heads, gates), \
-            checkpointed_blocks(model, big):
+            checkpointed_blocks(model, big), fused_attention(model, big):
         logits = model(inputs_embeds=embeds, use_cache=False).logits[0, position]
         logp = torch.log_softmax(logits.double(), -1)[target]
         logp.backward()
@@ -163,8 +187,11 @@ def rollout_row(attentions: np.ndarray, position: int) -> np.ndarray:
     t = attentions.shape[-1]
     v = np.zeros(t)
     v[position] = 1.0
+    from analysis.capture import release_pages
+
     for layer in range(attentions.shape[0] - 1, -1, -1):
-        a = 0.5 * np.asarray(attentions[layer], dtype=np.float64).mean(axis=0)
+        a = 0.5 * attentions[layer].mean(axis=0, dtype=np.float64)  # no float64 copy of all heads
+        release_pages(attentions)
         a[np.arange(t), np.arange(t)] += 0.5
         a /= a.sum(axis=-1, keepdims=True)
         v = v @ a

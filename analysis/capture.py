@@ -186,6 +186,20 @@ class AttentionStore:
             pass
 
 
+def release_pages(array) -> None:
+    """Drop this process's resident pages of a memory-mapped array (the float16 attention of a
+    long capture) after reading a part of it: the data stays in the OS page cache and on disk,
+    but no longer counts as this process's memory. No-op for ordinary arrays."""
+    import mmap
+
+    mm = getattr(array, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
 STAT_NAMES = ("attention_entropy", "previous_token_score", "first_token_score", "self_score",
               "mean_distance")
 

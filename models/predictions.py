@@ -13,6 +13,8 @@ import numpy as np
 from models.errors import UserError
 from models.loading import Loaded
 
+LONG_PREFILL = 512  # tokens; above this the continuation runs with fused attention
+
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
@@ -97,7 +99,10 @@ def continuation(loaded: Loaded, prompt: str, max_new_tokens: int = 12, temperat
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:
         kwargs.update(do_sample=False)
-    with torch.no_grad():
+    from analysis.attribution import fused_attention
+
+    # a long prompt's prefill with eager attention holds [head, T, T] per layer: use SDPA
+    with torch.no_grad(), fused_attention(loaded.model, len(ids) > LONG_PREFILL):
         out = loaded.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
                                     dtype=torch.long), **kwargs)
     return tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()

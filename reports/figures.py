@@ -33,6 +33,7 @@ from matplotlib.colors import PowerNorm, TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from analysis import attribution  # noqa: E402
+from analysis.capture import release_pages  # noqa: E402
 from analysis.result import LAYER_COLUMNS, Analysis, ModelResult  # noqa: E402
 from models.errors import UserError  # noqa: E402
 
@@ -698,7 +699,8 @@ def _transition_figure(result: ModelResult, kind: str, projection: np.ndarray | 
 
         def update_att(layer: int) -> None:
             if layer >= 1:
-                im.set_data(t.attentions[layer - 1].astype(np.float64).mean(axis=0))
+                im.set_data(t.attentions[layer - 1].mean(axis=0, dtype=np.float64))
+                release_pages(t.attentions)
             im.set_visible(layer >= 1)
             msg.set_visible(layer < 1)
 
