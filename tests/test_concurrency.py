@@ -223,7 +223,8 @@ def test_session_results_expire_and_their_files_go():
     from ui.app import AppConfig, serve
     from ui.state import Session
 
-    demo = serve(AppConfig(host="127.0.0.1", port=free_port(), session_ttl_s=3), block=False)
+    # a TTL longer than one bundle build (~4 s here), so the session expires after it
+    demo = serve(AppConfig(host="127.0.0.1", port=free_port(), session_ttl_s=10), block=False)
     try:
         a = Client(demo.local_url, verbose=False)
         a.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
@@ -232,7 +233,7 @@ def test_session_results_expire_and_their_files_go():
         session = next(v for v in state.state_data.values() if isinstance(v, Session))
         folder = session.directory
         assert folder is not None and folder.is_dir() and session.analysis is not None
-        deadline = time.time() + 20
+        deadline = time.time() + 40
         while folder.exists() and time.time() < deadline:
             time.sleep(0.5)
         assert not folder.exists()  # cleanup ran when the state expired

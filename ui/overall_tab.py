@@ -327,6 +327,9 @@ def bundle_event(ctx, session: Session) -> tuple:
                 path = write_bundle(analysis, target, session_log=list(session.log))
         except Exception as exc:  # the log must not show a bundle that was never written
             entry["error"] = f"bundle not written ({type(exc).__name__})"
+            if isinstance(exc, FileNotFoundError) and not target.parent.is_dir():
+                raise UserError("This session expired while its bundle was being built (its "
+                                "files were removed); run the analysis again.") from None
             raise
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         entry["result"] = path.name
