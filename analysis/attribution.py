@@ -58,6 +58,9 @@ def head_gates(model, n_layers: int, n_heads: int, gates):
 # Above this many bytes of attention activations, the backward pass recomputes each block
 # instead of keeping every block's attention (gradient checkpointing, eval mode kept).
 CHECKPOINT_ABOVE = 1 * 2**30
+# With fused attention nothing [T, T] is kept, and checkpointing (one more forward pass) pays
+# only above twice that (TinyLlama-1.1B: not at 512 tokens, 1.5 GB; at 2048 tokens, 6 GB).
+CHECKPOINT_FUSED_FACTOR = 2
 
 
 @contextmanager
@@ -95,16 +98,16 @@ def fused_attention(model, enabled: bool):
     the weights). Callers run one model job at a time (the app's "model" queue, the CLI)."""
     current = getattr(model.config, "_attn_implementation", None)
     if not enabled or current != "eager" or not hasattr(model, "set_attn_implementation"):
-        yield
+        yield current == "sdpa"
         return
     try:
         model.set_attn_implementation("sdpa")
     except (ValueError, ImportError, NotImplementedError) as exc:  # not every model has SDPA
         log.debug("no SDPA for %s: %s", type(model).__name__, exc)
-        yield
+        yield False
         return
     try:
-        yield
+        yield True
     finally:
         model.set_attn_implementation("eager")
 
@@ -134,9 +137,15 @@ def gradient_attribution(loaded, token_ids: list[int], position: int, target: in
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
     gates = torch.ones(n_layers, n_heads, requires_grad=True)
     t = len(token_ids)
-    big = 3 * 4 * n_layers * n_heads * t * t > CHECKPOINT_ABOVE
+    attention_bytes = 3 * 4 * n_layers * n_heads * t * t  # eager: kept for the backward pass
+    cfg = model.config
+    d = int(getattr(cfg, "hidden_size", 0) or 0)
+    d_ff = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d)
+    other_bytes = 4 * n_layers * t * (8 * d + 3 * d_ff)  # the rest a block keeps, roughly
     with torch.enable_grad(), head_gates(model, n_layers, n_heads, gates), \
-            checkpointed_blocks(model, big), fused_attention(model, big):
+            fused_attention(model, attention_bytes > CHECKPOINT_ABOVE) as fused, \
+            checkpointed_blocks(model, other_bytes + (0 if fused else attention_bytes)
+                                > CHECKPOINT_ABOVE * CHECKPOINT_FUSED_FACTOR ** fused):
         logits = model(inputs_embeds=embeds, use_cache=False).logits[0, position]
         logp = torch.log_softmax(logits.double(), -1)[target]
         logp.backward()

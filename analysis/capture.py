@@ -34,6 +34,9 @@ class Trace:
     # per-head statistics computed during capture: {name: [layer, head]} for STAT_NAMES
     head_stats: dict = field(default_factory=dict)
     attention_file: str | None = None  # the .npy file behind `attentions` when kept on disk
+    # causal models: the forward pass's KV cache, so a greedy continuation needs no second
+    # prefill (analysis.run drops it after use: it is not kept with a result)
+    cache: object = field(default=None, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -290,8 +293,10 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
               else np.zeros((len(ids), 0), np.float32))
     if logits.nbytes > ATTENTION_MEMORY_LIMIT:
         logits = logits.astype(np.float16)
+    cache = getattr(out, "past_key_values", None) if loaded.task == "causal" else None
     del out
     return Trace(model=loaded.name, task=loaded.task, prompt=prompt, token_ids=ids,
                  tokens=readable_tokens(loaded.tokenizer, ids), hidden=hidden,
                  attentions=attentions, logits=logits, causal=loaded.causal, notices=notices,
-                 head_stats=store.stats, attention_file=store.path)
+                 head_stats=store.stats, attention_file=store.path,
+                 cache=cache)

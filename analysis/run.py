@@ -189,7 +189,10 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
         predictions = pred_mod.next_token_from_logits(loaded, trace.prompt, trace.logits, top_k)
         if continuation_tokens:
             predictions["text"] = pred_mod.continuation(loaded, trace.prompt,
-                                                        max_new_tokens=continuation_tokens, seed=seed)
+                                                        max_new_tokens=continuation_tokens, seed=seed,
+                                                        trace=trace)
+    for t in traces:
+        t.cache = None  # not kept with the result (memory)
     head_attr = np.zeros((trace.n_layers, trace.n_heads))
     token_attr: dict = {}
     if target is not None:

@@ -69,8 +69,13 @@ def next_token_from_logits(loaded: Loaded, prompt: str, logits: np.ndarray,
 
 
 def continuation(loaded: Loaded, prompt: str, max_new_tokens: int = 12, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, use_chat_template: bool | None = None) -> str:
-    """Greedy (temperature 0) or sampled continuation; the chat template for chat models."""
+                 top_p: float = 1.0, seed: int = 0, use_chat_template: bool | None = None,
+                 trace=None) -> str:
+    """Greedy (temperature 0) or sampled continuation; the chat template for chat models.
+
+    `trace`: a capture of exactly these prompt ids with its KV cache (`Trace.cache`): a greedy
+    continuation then goes on from it instead of running the prompt through the model again
+    (the same tokens as `generate`; tested)."""
     import torch
 
     if not math.isfinite(temperature) or temperature < 0:
@@ -93,6 +98,9 @@ def continuation(loaded: Loaded, prompt: str, max_new_tokens: int = 12, temperat
     if room < 1:
         raise UserError(f"{max_new_tokens} new tokens do not fit the context of '{loaded.name}'.")
     ids = ids[-room:]  # the most recent context when the prompt is longer than the model's window
+    if (trace is not None and getattr(trace, "cache", None) is not None and temperature == 0
+            and list(trace.token_ids) == list(ids)):
+        return _greedy_from_cache(loaded, trace, max_new_tokens)
     torch.manual_seed(seed)
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id)
     if temperature > 0:
@@ -106,6 +114,32 @@ def continuation(loaded: Loaded, prompt: str, max_new_tokens: int = 12, temperat
         out = loaded.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
                                     dtype=torch.long), **kwargs)
     return tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+
+
+def _greedy_from_cache(loaded: Loaded, trace, max_new_tokens: int) -> str:
+    """Greedy decoding that starts from a capture's last logits and KV cache; stops after an
+    end-of-sequence token as `generate` does."""
+    import inspect
+
+    import torch
+
+    model, tok = loaded.model, loaded.tokenizer
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tok.eos_token_id
+    stops = set(eos if isinstance(eos, list | tuple) else [eos]) - {None}
+    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache, out_ids = trace.cache, []
+    nxt = int(np.argmax(trace.logits[-1]))
+    with torch.no_grad():
+        for step in range(max_new_tokens):
+            out_ids.append(nxt)
+            if nxt in stops or step == max_new_tokens - 1:
+                break
+            out = model(input_ids=torch.tensor([[nxt]]), use_cache=True, **{kw: cache})
+            cache = out.past_key_values
+            nxt = int(out.logits[0, -1].argmax())
+    return tok.decode(out_ids, skip_special_tokens=True).strip()
 
 
 def predict(loaded: Loaded, prompt: str, top_k: int = 5, max_new_tokens: int = 12,

@@ -215,3 +215,25 @@ def test_logit_lens_covers_the_last_positions_of_a_long_prompt(gpt2):
     top = r.predictions["predictions"][0]
     assert lens["top_tokens"][-1][-1].strip() == top["token"]
     assert lens["top_probs"][-1][-1] == pytest.approx(top["probability"], rel=1e-4)
+
+
+def test_continuation_from_the_captures_cache_equals_generate(gpt2, monkeypatch):
+    """The analysis's greedy continuation goes on from the capture's KV cache (no second
+    prefill): the same text as HuggingFace generate, and the cache is not kept afterwards."""
+    from models import predictions
+    from models.predictions import continuation
+
+    used = []
+    real = predictions._greedy_from_cache
+    monkeypatch.setattr(predictions, "_greedy_from_cache",
+                        lambda *a, **k: used.append(1) or real(*a, **k))
+    for prompt in (PROMPT, "anna had a red ball. tom wanted the ball. anna gave the ball to",
+                   "the opposite of hot is"):
+        trace = capture(gpt2, prompt)
+        assert trace.cache is not None
+        fresh = continuation(gpt2, prompt, max_new_tokens=12)
+        assert continuation(gpt2, prompt, max_new_tokens=12, trace=trace) == fresh
+    assert len(used) == 3  # the cache path was taken each time
+    r = analyze_model(gpt2, [PROMPT])
+    assert r.trace.cache is None
+    assert r.predictions["text"] == continuation(gpt2, PROMPT, max_new_tokens=12)
