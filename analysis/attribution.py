@@ -145,7 +145,7 @@ def gradient_attribution(loaded, token_ids: list[int], position: int, target: in
     with torch.enable_grad(), head_gates(model, n_layers, n_heads, gates), \
             fused_attention(model, attention_bytes > CHECKPOINT_ABOVE) as fused, \
             checkpointed_blocks(model, other_bytes + (0 if fused else attention_bytes)
-                                > CHECKPOINT_ABOVE * CHECKPOINT_FUSED_FACTOR ** fused):
+                                > CHECKPOINT_ABOVE * (CHECKPOINT_FUSED_FACTOR if fused else 1)):
         logits = model(inputs_embeds=embeds, use_cache=False).logits[0, position]
         logp = torch.log_softmax(logits.double(), -1)[target]
         logp.backward()

@@ -162,7 +162,12 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
             raise UserError("Token ids can be given for one prompt only.")
         traces = [capture(loaded, prompts[0], max_tokens, input_ids=list(input_ids))]
     else:
-        traces = [capture(loaded, p, max_tokens) for p in prompts]
+        traces = []
+        for p in prompts:
+            t = capture(loaded, p, max_tokens)
+            if traces:  # only the first prompt's KV cache serves the continuation
+                t.cache = None
+            traces.append(t)
     trace = traces[0]
     pooled = pool_traces(traces)
     layers = layer_metrics_of(pooled)
@@ -191,8 +196,7 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
             predictions["text"] = pred_mod.continuation(loaded, trace.prompt,
                                                         max_new_tokens=continuation_tokens, seed=seed,
                                                         trace=trace)
-    for t in traces:
-        t.cache = None  # not kept with the result (memory)
+    trace.cache = None  # not kept with the result (memory)
     head_attr = np.zeros((trace.n_layers, trace.n_heads))
     token_attr: dict = {}
     if target is not None:

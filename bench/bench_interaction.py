@@ -35,6 +35,18 @@ def main() -> None:
         bench_model(ctx, name, PROMPT + (" [MASK]." if name == "tiny-bert" else ""))
 
 
+def switch_times(ctx, session, name: str, n_layers: int, n_heads: int) -> list[float]:
+    """Seconds of each switch as a user walks every layer (head 0) and then its heads."""
+    times = []
+    for layer in range(1, n_layers + 1):
+        for head in range(n_heads):
+            fn = layer_tab.layer_event if head == 0 else layer_tab.head_event
+            t0 = time.perf_counter()
+            fn(ctx, session, name, layer, head)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def bench_model(ctx, name: str, prompt: str) -> None:
     session = Session()
     overall_tab.analyze_event(ctx, session, [name], None, prompt)  # warm: model loaded
@@ -49,16 +61,8 @@ def bench_model(ctx, name: str, prompt: str) -> None:
     rerun = median_time(lambda: analyze_model(loaded, [prompt]), repeat=3)
     layer_tab.model_event(ctx, session, name, 1, 0)
     n_layers, n_heads = result.trace.n_layers, result.trace.n_heads
-    first, again = [], []
-    for layer in range(1, n_layers + 1):
-        for head in range(n_heads):
-            fn = layer_tab.layer_event if head == 0 else layer_tab.head_event
-            t0 = time.perf_counter()
-            fn(ctx, session, name, layer, head)
-            first.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            fn(ctx, session, name, layer, head)
-            again.append(time.perf_counter() - t0)
+    first = switch_times(ctx, session, name, n_layers, n_heads)
+    again = switch_times(ctx, session, name, n_layers, n_heads)
     line(f"{name}: layer/head switch, first draw, worst of {len(first)}", max(first), "s",
          rerun, "<= 0.150 s absolute")
     line(f"{name}: layer/head switch, first draw, median", statistics.median(first), "s",
@@ -71,13 +75,7 @@ def bench_model(ctx, name: str, prompt: str) -> None:
     layer_tab.prewarm_event(ctx, fresh, name)
     line(f"{name}: background pre-drawing of all {n_layers * n_heads} heads and {n_layers} "
          "layers after the analysis", time.perf_counter() - t0, "s", rerun, "(off the click path)")
-    after = []
-    for layer in range(1, n_layers + 1):
-        for head in range(n_heads):
-            fn = layer_tab.layer_event if head == 0 else layer_tab.head_event
-            t0 = time.perf_counter()
-            fn(ctx, fresh, name, layer, head)
-            after.append(time.perf_counter() - t0)
+    after = switch_times(ctx, fresh, name, n_layers, n_heads)
     line(f"{name}: layer/head switch after pre-drawing, worst", max(after), "s", rerun,
          "<= 0.150 s absolute")
 

@@ -346,6 +346,12 @@ def _encode(loaded: Any, prompt: str, use_chat_template: bool) -> list[int]:
     return [int(i) for i in tok(prompt, add_special_tokens=True)["input_ids"]]
 
 
+def cache_keyword(model: Any) -> str:
+    """The name of the KV-cache argument of `model.forward`: transformers 5.x renamed
+    `past_key_values` (deprecated) to `cache`; older models take only the former."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _device(model: Any) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -773,9 +779,7 @@ def autoregressive_generate(loaded: Any, prompt: str, length: int, temperature: 
     gen = torch.Generator(device=device).manual_seed(seed)
     raw: list[_RawStep] = []
     generated: list[int] = []
-    # transformers 5.x renamed the cache argument (`past_key_values` is deprecated); use the one
-    # this model's forward takes
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_kw = cache_keyword(model)
     nfe = 0
     meter = _Meter(device)
     with torch.inference_mode():

@@ -119,16 +119,16 @@ def continuation(loaded: Loaded, prompt: str, max_new_tokens: int = 12, temperat
 def _greedy_from_cache(loaded: Loaded, trace, max_new_tokens: int) -> str:
     """Greedy decoding that starts from a capture's last logits and KV cache; stops after an
     end-of-sequence token as `generate` does."""
-    import inspect
-
     import torch
+
+    from models.generation import cache_keyword
 
     model, tok = loaded.model, loaded.tokenizer
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
         eos = tok.eos_token_id
     stops = set(eos if isinstance(eos, list | tuple) else [eos]) - {None}
-    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kw = cache_keyword(model)
     cache, out_ids = trace.cache, []
     nxt = int(np.argmax(trace.logits[-1]))
     with torch.no_grad():

@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +15,24 @@ EMBEDDED = ROOT / "models" / "embedded"
 
 def have(name: str) -> bool:
     return (EMBEDDED / name / "model.safetensors").is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url():
+    """The dashboard (default settings) served on a free local port for this test module."""
+    from ui.app import AppConfig, serve
+
+    demo = serve(AppConfig(host="127.0.0.1", port=free_port()), block=False)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
 
 
 @pytest.fixture(scope="session")

@@ -241,7 +241,7 @@ def test_cli_invalid_utf8_bytes_on_the_real_command_line():
 @pytest.fixture(scope="module")
 def app(folders):
     """The dashboard with custom models allowed (so folder and id cases reach the loader)."""
-    from tests.test_ui_client import free_port
+    from tests.conftest import free_port
     from ui.app import AppConfig, serve
 
     demo = serve(AppConfig(host="127.0.0.1", port=free_port(), allow_custom_models=True,
@@ -484,11 +484,6 @@ def test_limits_helpers():
                         ("8", "whole number"), (None, "whole number"), (True, "whole number")):
         with pytest.raises(UserError, match=phrase):
             limits.check_generation_length(cfg, bad)
-    assert limits.check_generation_steps(cfg, None, 8) is None
-    with pytest.raises(UserError, match="cannot exceed"):
-        limits.check_generation_steps(cfg, 9, 8)
-    assert limits.prompt_token_limit(AppConfig(max_prompt_tokens=512), 128) == 128
-    assert limits.concurrency_limit(AppConfig(max_concurrent_jobs=2), 4) == 2
     for field, value in (("max_prompt_tokens", 1), ("max_generation_length", 0),
                          ("max_concurrent_jobs", 0), ("max_concurrent_jobs", math.nan),
                          ("session_ttl_s", 0), ("session_ttl_s", math.nan)):

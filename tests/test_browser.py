@@ -7,13 +7,12 @@ every tab go to screenshots/ (git-ignored) for a person to look at.
 import json
 import os
 import re
-import socket
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, have
+from tests.conftest import ROOT, free_port, have
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -28,12 +27,6 @@ if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
                 allow_module_level=True)
 if not have("tiny-gpt2"):
     pytest.skip("embedded tiny-gpt2 missing", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

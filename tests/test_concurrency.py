@@ -102,7 +102,7 @@ def test_eight_sessions_at_once(monkeypatch):
 
     from models import generation
     from models.loading import CACHE, load
-    from tests.test_ui_client import free_port
+    from tests.conftest import free_port
     from ui.app import AppConfig, serve
 
     evictions = []
@@ -219,7 +219,7 @@ def test_session_results_expire_and_their_files_go():
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from tests.test_ui_client import free_port
+    from tests.conftest import free_port
     from ui.app import AppConfig, serve
     from ui.state import Session
 

@@ -1,7 +1,6 @@
 """The Diffusion tab: its event functions called directly, then a full generation through the
 running app's API with gradio_client."""
 
-import socket
 import zipfile
 from pathlib import Path
 
@@ -246,23 +245,6 @@ def test_analyze_this_step_becomes_the_session_analysis(ctx, states):
 
 
 # ---------------------------------------------------------------------------- through the API
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def url():
-    from ui.app import AppConfig, serve
-
-    demo = serve(AppConfig(host="127.0.0.1", port=free_port()), block=False)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
 
 
 @pytest.mark.slow

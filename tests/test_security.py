@@ -92,7 +92,7 @@ def test_serve_flags_reach_the_config(monkeypatch):
 def test_share_without_auth_and_pickle_flag_warn_loudly(monkeypatch, capsys):
     import gradio.networking
 
-    from tests.test_ui_client import free_port
+    from tests.conftest import free_port
     from ui.app import AppConfig, serve
 
     def no_tunnel(*args, **kwargs):  # never open a public link from a test
@@ -116,7 +116,7 @@ def test_share_without_auth_and_pickle_flag_warn_loudly(monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def served():
-    from tests.test_ui_client import free_port
+    from tests.conftest import free_port
     from ui.app import AppConfig, serve
 
     demo = serve(AppConfig(host="127.0.0.1", port=free_port()), block=False)

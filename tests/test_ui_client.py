@@ -3,32 +3,14 @@
 import csv
 import io
 import json
-import socket
 import zipfile
 
 import pytest
 
-from tests.conftest import have
+from tests.conftest import free_port, have
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not have("tiny-gpt2"), reason="embedded tiny-gpt2 missing")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def url():
-    from ui.app import AppConfig, serve
-
-    demo = serve(AppConfig(host="127.0.0.1", port=free_port()), block=False)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
 
 
 def client(url):

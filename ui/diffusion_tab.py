@@ -34,12 +34,12 @@ import gradio as gr
 import pandas as pd
 
 from models.errors import UserError
+from ui import limits
 from ui.state import Session, compute_threads, encode_figure, friendly_errors
 
 log = logging.getLogger(__name__)
 
 CAPITALS_FILE = Path(__file__).resolve().parents[1] / "models" / "data" / "capitals.tsv"
-MAX_LENGTH = 256  # the generation length limit when the config does not set one
 STRATEGY_CHOICES = [
     ("low_confidence (most confident first)", "low_confidence"),
     ("high_confidence (least confident first)", "high_confidence"),
@@ -188,12 +188,7 @@ def parse_settings(ctx, model, prompt, length, steps, block_length, strategy, th
         raise UserError(f"Choose a diffusion or fill-mask model: {', '.join(offered) or 'none offered'}"
                         f" (got {model!r}).")
     prompt = check_prompt(prompt)
-    length = _whole("length", length, 1)
-    limit = int(getattr(ctx.config, "max_generation_length", MAX_LENGTH))
-    if length > limit:
-        raise UserError(f"The generation length {length} is over this server's limit of {limit} "
-                        "tokens; choose a shorter length (the limit is set with "
-                        "--max-generation-length).")
+    length = limits.check_generation_length(ctx.config, _whole("length", length, 1))
     steps = _whole("steps", steps, 0, default=0) or length
     block_length = _whole("block length", block_length, 0, default=0) or length
     if strategy not in STRATEGIES:
@@ -814,7 +809,7 @@ def build(ctx) -> DiffusionTab:
                                    label="Autoregressive model", elem_id="diff-ar-model", scale=1)
         with gr.Row(elem_id="diff-settings-row-2"):
             length = gr.Number(value=8, precision=0, minimum=1,
-                               maximum=int(getattr(ctx.config, "max_generation_length", MAX_LENGTH)),
+                               maximum=int(ctx.config.max_generation_length),
                                label="Length", info="tokens to generate", elem_id="diff-length",
                                min_width=110)
             steps = gr.Number(value=8, precision=0, minimum=0, label="Steps", info="0 = length",
@@ -954,7 +949,7 @@ def build(ctx) -> DiffusionTab:
                 rewind_btn = gr.Button("Rewind", elem_id="step-rewind-btn", scale=1)
 
     # ------------------------------------------------------------------ events
-    model_kw = dict(concurrency_id="model", concurrency_limit=1)
+    model_kw = dict(concurrency_id=limits.MODEL_CONCURRENCY_ID, concurrency_limit=1)
     view_kw = dict(concurrency_id="diffusion-view", concurrency_limit=4)
 
     run_outputs = [run_text, run_summary, run_slider, run_tokens, run_caption, heatmap, gif,

@@ -7,7 +7,7 @@ Each limit is a field of `ui.app.AppConfig` with a sensible default and a `serve
     max_concurrent_jobs    --max-concurrent-jobs    events of one kind running at once (the
                                                     queue's default_concurrency_limit)
 
-The tabs call the `check_*` helpers below; each raises `UserError` (shown as a gr.Error) with
+The Diffusion tab calls `check_generation_length`; it raises `UserError` (shown as a gr.Error) with
 a message that says the limit and how to raise it. The command line itself is not limited:
 whoever runs it owns the machine.
 """
@@ -56,13 +56,6 @@ def check_limits(config) -> None:
         raise UserError(f"session_ttl_s must be a positive number of seconds or None, got {ttl!r}.")
 
 
-def prompt_token_limit(config, context_length: int | None = None) -> int:
-    """The most prompt tokens one request may analyse: the server's limit, or the model's
-    context when that is smaller."""
-    limit = int(config.max_prompt_tokens)
-    return limit if context_length is None else min(limit, int(context_length))
-
-
 def check_generation_length(config, n: Any) -> int:
     """`n` (tokens to generate) as an int in 1..config.max_generation_length, else UserError."""
     limit = int(config.max_generation_length)
@@ -71,20 +64,3 @@ def check_generation_length(config, n: Any) -> int:
         raise UserError(f"The generation length {n} is over this server's limit of {limit} tokens; "
                         "choose a shorter length (the limit is set with --max-generation-length).")
     return n
-
-
-def check_generation_steps(config, steps: Any, length: int) -> int | None:
-    """Diffusion steps: None (= length) or an int in 1..length (so at most the length limit)."""
-    if steps is None:
-        return None
-    steps = _whole("The number of steps", steps, 1)
-    if steps > length:
-        raise UserError(f"The number of steps ({steps}) cannot exceed the generation length "
-                        f"({length}).")
-    return steps
-
-
-def concurrency_limit(config, wanted: int | None = None) -> int:
-    """How many events of one kind may run at once: `wanted`, capped by max_concurrent_jobs."""
-    cap = int(config.max_concurrent_jobs)
-    return cap if wanted is None else max(1, min(int(wanted), cap))

@@ -18,6 +18,7 @@ import pandas as pd
 
 from analysis.result import LAYER_COLUMNS, Analysis, ModelResult
 from models.errors import UserError
+from ui import limits
 from ui.state import Session, compute_threads, friendly_errors, safe_text
 
 log = logging.getLogger(__name__)
@@ -427,9 +428,9 @@ def build(ctx) -> OverallTab:
 
     inputs = [ctx.state, models] + ([custom] if custom is not None else []) + [prompt]
     analyzed = [analyze_btn.click(on_analyze, inputs, outputs, api_name="analyze",
-                                  concurrency_id="model", concurrency_limit=1),
+                                  concurrency_id=limits.MODEL_CONCURRENCY_ID, concurrency_limit=1),
                 prompt.submit(on_analyze, inputs, outputs, api_visibility="private",
-                              concurrency_id="model", concurrency_limit=1)]
+                              concurrency_id=limits.MODEL_CONCURRENCY_ID, concurrency_limit=1)]
 
     @friendly_errors
     def on_bundle(session):
