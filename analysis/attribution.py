@@ -123,34 +123,104 @@ def target_for(trace, mask_token_id: int | None) -> tuple[int, int] | None:
         pos = masks[0]
     else:
         pos = len(trace.token_ids) - 1
-    return pos, int(np.argmax(trace.logits[pos]))
+    return pos, int(np.argmax(trace.logits_at(pos)))
+
+
+def activation_bytes(loaded, t: int) -> tuple[int, int]:
+    """Rough bytes a backward pass keeps over `t` tokens: (eager attention, everything else)."""
+    cfg = loaded.model.config
+    n_layers, n_heads = loaded.n_layers, loaded.n_heads
+    attention = 3 * 4 * n_layers * n_heads * t * t  # eager: kept for the backward pass
+    d = int(getattr(cfg, "hidden_size", 0) or 0)
+    d_ff = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d)
+    other = 4 * n_layers * t * (8 * d + 3 * d_ff)  # the rest a block keeps, roughly
+    return attention, other
+
+
+# The capture's forward pass also serves the gradient (one forward pass fewer) while a backward
+# through eager attention keeps at most this much (TinyLlama-1.1B: 512 tokens, ~3.7 GB by the
+# estimate, measured peak 2.3 GB over the weights; 2048 tokens is far over: a separate pass
+# with fused attention and checkpointing, see gradient_attribution).
+MERGED_PASS_MAX = 4 * 2**30
+
+
+def merged_pass_fits(loaded, t: int) -> bool:
+    return sum(activation_bytes(loaded, t)) <= MERGED_PASS_MAX
+
+
+def gradient_inputs(loaded, ids):
+    """(input embeddings as a leaf that requires grad, head gates of ones) for `ids  # [1, T]`."""
+    import torch
+
+    embeds = loaded.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    return embeds, torch.ones(loaded.n_layers, loaded.n_heads, requires_grad=True)
+
+
+def backward_attribution(logits_row, embeds, gates, target: int
+                         ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Backward from log p(target) of `logits_row  # [vocab]`: (gradient x input per token,
+    head gradients [layer, head], log p)."""
+    import torch
+
+    with torch.enable_grad():  # the caller's forward pass made the graph; this may run outside
+        logp = torch.log_softmax(logits_row.double(), -1)[target]
+        logp.backward()
+    gxi = (embeds.grad[0] * embeds[0]).sum(-1).detach().double().numpy()
+    return gxi, gates.grad.detach().double().numpy(), float(logp.detach())
 
 
 def gradient_attribution(loaded, token_ids: list[int], position: int, target: int
                          ) -> tuple[np.ndarray, np.ndarray, float]:
-    """One backward pass: (gradient x input per token [T], head gradients [layer, head], log p)."""
+    """One forward and backward pass: (gradient x input per token [T], head gradients
+    [layer, head], log p). The analysis takes these from its capture's pass when that fits
+    (analysis.capture, MERGED_PASS_MAX); this separate pass serves longer inputs."""
     import torch
 
     model = loaded.model
     n_layers, n_heads = loaded.n_layers, loaded.n_heads
-    ids = torch.tensor([token_ids])
-    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-    gates = torch.ones(n_layers, n_heads, requires_grad=True)
-    t = len(token_ids)
-    attention_bytes = 3 * 4 * n_layers * n_heads * t * t  # eager: kept for the backward pass
-    cfg = model.config
-    d = int(getattr(cfg, "hidden_size", 0) or 0)
-    d_ff = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d)
-    other_bytes = 4 * n_layers * t * (8 * d + 3 * d_ff)  # the rest a block keeps, roughly
+    embeds, gates = gradient_inputs(loaded, torch.tensor([token_ids]))
+    attention_bytes, other_bytes = activation_bytes(loaded, len(token_ids))
     with torch.enable_grad(), head_gates(model, n_layers, n_heads, gates), \
             fused_attention(model, attention_bytes > CHECKPOINT_ABOVE) as fused, \
             checkpointed_blocks(model, other_bytes + (0 if fused else attention_bytes)
-                                > CHECKPOINT_ABOVE * (CHECKPOINT_FUSED_FACTOR if fused else 1)):
-        logits = model(inputs_embeds=embeds, use_cache=False).logits[0, position]
-        logp = torch.log_softmax(logits.double(), -1)[target]
-        logp.backward()
-    gxi = (embeds.grad[0] * embeds[0]).sum(-1).detach().double().numpy()
-    return gxi, gates.grad.detach().double().numpy(), float(logp.detach())
+                                > CHECKPOINT_ABOVE * (CHECKPOINT_FUSED_FACTOR if fused else 1)), \
+            logit_rows(model, [position], len(token_ids)):
+        logits = model(inputs_embeds=embeds, use_cache=False).logits[0]
+        row = logits[0] if logits.shape[0] == 1 else logits[position]
+        return backward_attribution(row, embeds, gates, target)
+
+
+@contextmanager
+def logit_rows(model, rows: list[int], n_tokens: int, thread: int | None = None):
+    """Inside the block, `model`'s output head (LM head, MLM decoder) sees only the hidden
+    states of positions `rows`: logits [rows, vocab] instead of [T, vocab] (for GPT-2 small at
+    128 tokens the 50k-vocabulary head over every position is 44% of the forward pass). Only
+    forward passes of this thread (`thread`, default the caller's) are changed. Callers check
+    the logits' length: a model whose head is not its output embeddings module gives all rows.
+    """
+    import threading
+
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    me = threading.get_ident() if thread is None else thread
+    index = torch.tensor(rows, dtype=torch.long)
+
+    def pre_hook(module, args):
+        x = args[0] if args else None
+        if (threading.get_ident() == me and isinstance(x, torch.Tensor) and x.dim() == 3
+                and x.shape[1] == n_tokens):
+            return (x[:, index], *args[1:])
+        return None
+
+    handle = head.register_forward_pre_hook(pre_hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def head_ablation(loaded, token_ids: list[int], position: int, target: int) -> np.ndarray:
@@ -243,17 +313,27 @@ def logit_lens(loaded, hidden: np.ndarray, tokenizer, final_is_normed: bool = Tr
                 "top_ids": np.zeros((0, 0))}
     n, t = hidden.shape[:2]
     start = 0 if last is None else max(0, t - int(last))
-    top_ids = np.zeros((n, t - start), dtype=np.int64)
-    top_probs = np.zeros((n, t - start))
+    k = t - start
     with torch.no_grad():
-        for layer in range(n):
-            h = torch.from_numpy(np.ascontiguousarray(hidden[layer, start:])).float()
-            if norm is not None and not (final_is_normed and layer == n - 1):
-                h = norm(h)
-            logits = head(h)  # the top probability without a [T, vocab] softmax:
-            m, i = logits.max(-1)  # p = exp(max - logsumexp), the difference taken in float64
-            lse = torch.logsumexp(logits, -1)
-            top_ids[layer], top_probs[layer] = i.numpy(), torch.exp((m - lse).double()).numpy()
+        h = torch.from_numpy(np.ascontiguousarray(hidden[:, start:], dtype=np.float32))
+        if norm is not None:  # every layer but a final one the model already normed
+            upto = n - 1 if final_is_normed else n
+            h = torch.cat([norm(h[:upto]), h[upto:]])
+        h = h.reshape(n * k, -1)
+        # all layers and positions through the head in few large products (one per 64 MB of
+        # logits: 2x faster than one per layer); the top probability without a softmax
+        # array: p = 1 / sum(exp(logits - max))
+        vocab = int(getattr(loaded.model.config, "vocab_size", 0) or 2**16)
+        step = max(1, (64 * 2**20) // (4 * vocab))
+        ids, probs = [], []
+        for r in range(0, n * k, step):
+            logits = head(h[r:r + step])
+            m, i = logits.max(-1)
+            logits.sub_(m[:, None]).exp_()
+            ids.append(i)
+            probs.append(1.0 / logits.sum(-1).double())
+        top_ids = torch.cat(ids).reshape(n, k).numpy()
+        top_probs = torch.cat(probs).reshape(n, k).numpy()
     from analysis.capture import readable_tokens
 
     tokens = [readable_tokens(tokenizer, list(row)) for row in top_ids]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +28,7 @@ class Trace:
     tokens: list[str]  # readable token strings, one per position
     hidden: np.ndarray  # [layer + 1, token, d_model] float32; layer 0 = embedding output
     attentions: np.ndarray  # [layer, head, query, key] float32 (GQA expanded to every query head)
-    logits: np.ndarray  # [token, vocab] float32
+    logits: np.ndarray  # [row, vocab] float32: the positions `logit_rows` (None: every token)
     causal: bool  # True when row i may attend to keys 0..i only
     notices: list[str] = field(default_factory=list)  # e.g. truncation, shown to the user
     segments: list[tuple[int, int]] = field(default_factory=list)  # corpus mode: [start, end) rows
@@ -37,6 +38,22 @@ class Trace:
     # causal models: the forward pass's KV cache, so a greedy continuation needs no second
     # prefill (analysis.run drops it after use: it is not kept with a result)
     cache: object = field(default=None, repr=False, compare=False)
+    # which positions `logits` holds: those the predictions read (causal: the last; masked
+    # models: every mask); None when it holds every position
+    logit_rows: list[int] | None = None
+    # gradient attribution taken from the capture's own forward pass (see `capture`): position,
+    # target, grad_x_input [T], head [layer, head], log_prob; None when not asked or not merged
+    gradient: dict | None = field(default=None, repr=False)
+
+    def logits_at(self, position: int) -> np.ndarray:
+        """The logits [vocab] at token `position` (negative counts from the end)."""
+        if position < 0:
+            position += self.n_tokens
+        if self.logit_rows is None:
+            return self.logits[position]
+        if position not in self.logit_rows:
+            raise KeyError(f"the capture kept no logits at position {position}")
+        return self.logits[self.logit_rows.index(position)]
 
     @property
     def n_layers(self) -> int:
@@ -228,22 +245,44 @@ def attention_modules(model) -> tuple[list, int] | None:
     return mods, index
 
 
+def prediction_rows(loaded, ids: list[int]) -> list[int]:
+    """The positions whose logits the analysis reads: the last (causal models) or every mask
+    token (masked and diffusion models); none for encoders."""
+    if loaded.task == "causal":
+        return [len(ids) - 1]
+    if loaded.task in ("fill-mask", "diffusion"):
+        mask = getattr(loaded.tokenizer, "mask_token_id", None)
+        return [i for i, t in enumerate(ids) if mask is not None and t == mask]
+    return []
+
+
 def capture(loaded, prompt: str, max_tokens: int | None = None,
-            input_ids: list[int] | None = None) -> Trace:
+            input_ids: list[int] | None = None, gradient: bool = False,
+            logits: bool = True) -> Trace:
     """Run one forward pass with hidden states and attentions and keep them as numpy arrays.
 
     Attention is taken layer by layer with forward hooks as the pass goes (never all layers at
     once as float32 tensors), reduced to per-head statistics on the spot and stored (float16
-    on disk when large; see AttentionStore). ``input_ids`` (already tokenised, e.g. a partly
-    masked diffusion state) bypasses encoding.
+    on disk when large; see AttentionStore). Logits are computed and kept only at
+    `prediction_rows` (none when ``logits`` is False). ``input_ids`` (already tokenised, e.g.
+    a partly masked diffusion state) bypasses encoding.
+
+    ``gradient``: the same pass also gives the gradient attribution of the prediction at the
+    first prediction row (its top token): one backward pass instead of a second forward and
+    backward (Trace.gradient). Done only when the backward's memory fits
+    (analysis.attribution.merged_pass_fits); otherwise Trace.gradient stays None.
     """
     import torch
+
+    from analysis import attribution as attr
 
     if input_ids is None:
         ids, notices = encode(loaded, prompt, max_tokens)
     else:
         ids, notices = list(input_ids), []
     model = loaded.model
+    rows = prediction_rows(loaded, ids) if logits else []
+    merged = bool(gradient and rows and attr.merged_pass_fits(loaded, len(ids)))
     store = AttentionStore(loaded.n_layers, loaded.n_heads, len(ids), loaded.causal)
     found = attention_modules(model)
     handles = []
@@ -260,10 +299,21 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
                                        "attn_implementation='eager'")
                 store.add(layer, w[0].detach().float().cpu().numpy())
             handles.append(mod.register_forward_hook(hook))
+    x = torch.tensor([ids])
+    if merged:
+        embeds, gates = attr.gradient_inputs(loaded, x)
+        inputs = {"inputs_embeds": embeds}
+    else:
+        inputs = {"input_ids": x}
     try:
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([ids]), output_hidden_states=True,
-                        output_attentions=found is None)
+        with ExitStack() as stack:
+            if merged:
+                stack.enter_context(torch.enable_grad())
+                stack.enter_context(attr.head_gates(model, loaded.n_layers, loaded.n_heads, gates))
+            else:
+                stack.enter_context(torch.no_grad())
+            stack.enter_context(attr.logit_rows(model, rows, len(ids)))
+            out = model(**inputs, output_hidden_states=True, output_attentions=found is None)
     except RuntimeError as exc:
         store.discard()
         raise UserError(f"'{loaded.name}' gave no attention weights ({exc}).") from None
@@ -279,7 +329,7 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
                 raise UserError(f"'{loaded.name}' returned no attention weights (it must be "
                                 "loaded with attn_implementation='eager').")
             for layer, a in enumerate(out.attentions):
-                store.add(layer, a[0].float().numpy())
+                store.add(layer, a[0].detach().float().numpy())
         attentions = store.finish()
     except BaseException:
         store.discard()
@@ -287,16 +337,37 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
     if store.on_disk:
         notices.append(f"The attention array ({np.prod(store.shape) * 4 / 2**20:.0f} MB as "
                        "float32) is kept as float16 on disk.")
-    hidden = np.stack([h[0].float().numpy() for h in out.hidden_states]).astype(np.float32)
-    logits = getattr(out, "logits", None)
-    logits = (logits[0].float().numpy() if logits is not None
-              else np.zeros((len(ids), 0), np.float32))
+    hidden = np.stack([h[0].detach().float().numpy() for h in out.hidden_states])
+    logits = getattr(out, "logits", None)  # from here on the output's logits tensor
+    if logits is not None and logits.shape[1] == len(ids) and len(rows) != len(ids):
+        logits = logits[:, rows]  # a head the row hook did not reach computed every position
+    grad = None
+    if merged:
+        pos = rows[0]
+        target = int(logits[0, 0].argmax())
+        gxi, head_grad, logp = attr.backward_attribution(logits[0, 0], embeds, gates, target)
+        grad = {"position": pos, "target": target, "grad_x_input": gxi, "head": head_grad,
+                "log_prob": logp}
+    logits = (logits[0].detach().float().numpy() if logits is not None
+              else np.zeros((len(rows), 0), np.float32))
     if logits.nbytes > ATTENTION_MEMORY_LIMIT:
         logits = logits.astype(np.float16)
     cache = getattr(out, "past_key_values", None) if loaded.task == "causal" else None
+    if merged:
+        _detach_cache(cache)
     del out
     return Trace(model=loaded.name, task=loaded.task, prompt=prompt, token_ids=ids,
                  tokens=readable_tokens(loaded.tokenizer, ids), hidden=hidden,
                  attentions=attentions, logits=logits, causal=loaded.causal, notices=notices,
                  head_stats=store.stats, attention_file=store.path,
-                 cache=cache)
+                 cache=cache, logit_rows=rows, gradient=grad)
+
+
+def _detach_cache(cache) -> None:
+    """A KV cache made with grad enabled, detached in place (transformers' DynamicCache
+    layers) so a continuation from it keeps no autograd graph alive."""
+    for layer in getattr(cache, "layers", None) or []:
+        for name in ("keys", "values"):
+            value = getattr(layer, name, None)
+            if value is not None and hasattr(value, "detach"):
+                setattr(layer, name, value.detach())

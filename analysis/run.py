@@ -60,7 +60,10 @@ def pool_traces(traces: list[Trace]) -> Trace:
                  hidden=np.concatenate([t.hidden for t in traces], axis=1),
                  attentions=attn, logits=np.concatenate([t.logits for t in traces], axis=0),
                  causal=first.causal, notices=[n for t in traces for n in t.notices],
-                 segments=segments)
+                 segments=segments,
+                 logit_rows=[s + r for t, (s, _) in zip(traces, segments, strict=True)
+                             for r in (t.logit_rows if t.logit_rows is not None
+                                       else range(t.n_tokens))])
 
 
 def layer_metrics_of(trace: Trace) -> list[dict]:
@@ -118,7 +121,15 @@ def trained_copy_words(loaded) -> list[int] | None:
 
 
 def induction_probe(loaded) -> tuple[list[int], str]:
-    """The token ids the induction probe draws from, and a sentence saying which they are."""
+    """The token ids the induction probe draws from, and a sentence saying which they are
+    (computed once per loaded model)."""
+    if "induction_probe" not in loaded.derived:
+        loaded.derived["induction_probe"] = _induction_probe(loaded)
+    ids, text = loaded.derived["induction_probe"]
+    return list(ids), text
+
+
+def _induction_probe(loaded) -> tuple[list[int], str]:
     trained = trained_copy_words(loaded)
     if trained is not None:
         return trained, (f"Induction scores: probed with the {len(trained)} words {loaded.name} "
@@ -131,16 +142,22 @@ def induction_probe(loaded) -> tuple[list[int], str]:
 def induction_scores(loaded, seed: int = 0, pool: list[int] | None = None) -> np.ndarray:
     """[layer, head] induction scores on a repeated random sequence of probe tokens (one
     forward pass; see `induction_probe`, and analysis.attention.induction_score for the
-    layout)."""
+    layout). They depend on the model and seed only, not on the prompt: computed once per
+    loaded model and seed (the default pool) and reused by later analyses."""
+    key = ("induction", seed, INDUCTION_PERIOD)
+    if pool is None and key in loaded.derived:
+        return loaded.derived[key].copy()
     tok = loaded.tokenizer
     prefix = tok("", add_special_tokens=True)["input_ids"][:1]  # BOS / [CLS] if the model uses one
-    if pool is None:
-        pool, _ = induction_probe(loaded)
+    probe = pool if pool is not None else induction_probe(loaded)[0]
     if not prefix:
-        prefix = [pool[0]]
-    ids = att_mod.repeated_sequence(pool, INDUCTION_PERIOD, seed, prefix)
-    trace = capture(loaded, "", input_ids=ids)
-    return att_mod.induction_score(trace.attentions, INDUCTION_PERIOD)
+        prefix = [probe[0]]
+    ids = att_mod.repeated_sequence(probe, INDUCTION_PERIOD, seed, prefix)
+    trace = capture(loaded, "", input_ids=ids, logits=False)
+    scores = att_mod.induction_score(trace.attentions, INDUCTION_PERIOD)
+    if pool is None:
+        loaded.derived[key] = scores.copy()
+    return scores
 
 
 def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = False,
@@ -160,12 +177,13 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
     if input_ids is not None:
         if len(prompts) != 1:
             raise UserError("Token ids can be given for one prompt only.")
-        traces = [capture(loaded, prompts[0], max_tokens, input_ids=list(input_ids))]
+        traces = [capture(loaded, prompts[0], max_tokens, input_ids=list(input_ids),
+                          gradient=gradients)]
     else:
         traces = []
-        for p in prompts:
-            t = capture(loaded, p, max_tokens)
-            if traces:  # only the first prompt's KV cache serves the continuation
+        for p in prompts:  # only the first prompt is explained (gradient, continuation)
+            t = capture(loaded, p, max_tokens, gradient=gradients and not traces)
+            if traces:
                 t.cache = None
             traces.append(t)
     trace = traces[0]
@@ -176,8 +194,8 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
     roles = trace.head_stats
     entropy = roles["attention_entropy"]
     labels, projection = att_mod.cluster_features(att_mod.features_from_stats(roles), seed=seed)
-    probe_ids, probe_text = induction_probe(loaded)
-    induction = induction_scores(loaded, seed, probe_ids)
+    probe_text = induction_probe(loaded)[1]
+    induction = induction_scores(loaded, seed)
 
     # predictions, attribution, logit lens
     target = attr_mod.target_for(trace, loaded.tokenizer.mask_token_id)
@@ -186,7 +204,7 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
     if loaded.task in ("fill-mask", "diffusion"):
         if target is not None:
             predictions = pred_mod.fill_mask_from_logits(loaded, trace.prompt, trace.token_ids,
-                                                         trace.logits, top_k)
+                                                         trace.logits, top_k, trace.logit_rows)
         else:
             trace.notices.append(f"No {loaded.tokenizer.mask_token} in the prompt: "
                                  "no mask prediction or attribution.")
@@ -206,13 +224,19 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
                       "rollout": rollout.tolist(), "grad_x_input": [], "log_prob": None,
                       "head_method": "gradient"}
         if gradients:
-            gxi, head_grad, logp = attr_mod.gradient_attribution(loaded, trace.token_ids, pos, tid)
+            g = trace.gradient  # from the capture's own pass when that fitted in memory
+            if g is not None and (g["position"], g["target"]) == (pos, tid):
+                gxi, head_grad, logp = g["grad_x_input"], g["head"], g["log_prob"]
+            else:
+                gxi, head_grad, logp = attr_mod.gradient_attribution(loaded, trace.token_ids,
+                                                                     pos, tid)
             token_attr["grad_x_input"] = gxi.tolist()
             token_attr["log_prob"] = logp
             head_attr = head_grad
         if ablation:
             head_attr = attr_mod.head_ablation(loaded, trace.token_ids, pos, tid)
             token_attr["head_method"] = "ablation"
+    trace.gradient = None  # kept in token_attr and head_attr
     lens = attr_mod.logit_lens(loaded, trace.hidden, loaded.tokenizer)
 
     heads = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,9 @@ class Loaded:
     entry: ModelEntry
     model: Any  # a transformers PreTrainedModel in eval mode
     tokenizer: Any
+    # what is computed once per loaded model and reused (analysis.run: the induction probe's
+    # token pool, a scan of the whole vocabulary)
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -133,6 +136,10 @@ class ModelCache:
                 self._items.move_to_end(key)
                 return self._items[key]
             loaded = load_uncached(entry, options)  # a failure leaves the cache untouched
+            # shared, inference only: attribution needs gradients with respect to inputs and
+            # head gates, never the weights' (for TinyLlama-1.1B those would be 4.4 GB more,
+            # and one more matrix product per layer in every backward pass)
+            loaded.model.requires_grad_(False)
             self._items[key] = loaded
             while len(self._items) > self.max_models:
                 old_key, _ = self._items.popitem(last=False)

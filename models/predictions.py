@@ -42,8 +42,9 @@ def mask_positions(loaded: Loaded, ids: list[int]) -> list[int]:
 
 
 def fill_mask_from_logits(loaded: Loaded, prompt: str, ids: list[int], logits: np.ndarray,
-                          top_k: int = 5) -> dict:
-    """Top-k at every [MASK]; `logits  # [token, vocab]` from one forward pass (the Trace's)."""
+                          top_k: int = 5, rows: list[int] | None = None) -> dict:
+    """Top-k at every [MASK]; `logits  # [token, vocab]` from one forward pass, or only the
+    positions `rows` of it (a Trace's logits and logit_rows)."""
     tok = loaded.tokenizer
     positions = mask_positions(loaded, ids)
     if not positions:
@@ -52,7 +53,7 @@ def fill_mask_from_logits(loaded: Loaded, prompt: str, ids: list[int], logits: n
     masks = []
     filled = list(ids)
     for pos in positions:
-        probs = _softmax(logits[pos])
+        probs = _softmax(logits[pos if rows is None else rows.index(pos)])
         masks.append({"position": pos, "predictions": _top(tok, probs, top_k)})
         filled[pos] = int(np.argmax(probs))
     text = tok.decode(filled, skip_special_tokens=True)
@@ -130,7 +131,7 @@ def _greedy_from_cache(loaded: Loaded, trace, max_new_tokens: int) -> str:
     stops = set(eos if isinstance(eos, list | tuple) else [eos]) - {None}
     kw = cache_keyword(model)
     cache, out_ids = trace.cache, []
-    nxt = int(np.argmax(trace.logits[-1]))
+    nxt = int(np.argmax(trace.logits_at(-1)))
     with torch.no_grad():
         for step in range(max_new_tokens):
             out_ids.append(nxt)

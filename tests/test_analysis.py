@@ -237,3 +237,92 @@ def test_continuation_from_the_captures_cache_equals_generate(gpt2, monkeypatch)
     r = analyze_model(gpt2, [PROMPT])
     assert r.trace.cache is None
     assert r.predictions["text"] == continuation(gpt2, PROMPT, max_new_tokens=12)
+
+
+def test_capture_keeps_logits_only_where_predictions_read_them(gpt2, bert):
+    """The output head runs only at the prediction rows (causal: last token; masked: every
+    mask), and those rows equal the full forward pass's."""
+    import torch
+
+    for loaded, prompt in ((gpt2, PROMPT), (bert, "the [MASK] of japan is [MASK].")):
+        tr = capture(loaded, prompt)
+        with torch.no_grad():
+            full = loaded.model(input_ids=torch.tensor([tr.token_ids])).logits[0].numpy()
+        rows = ([len(tr.token_ids) - 1] if loaded.causal else
+                [i for i, t in enumerate(tr.tokens) if t == "[MASK]"])
+        assert tr.logit_rows == rows and tr.logits.shape == (len(rows), full.shape[1])
+        for pos in rows:
+            assert np.allclose(tr.logits_at(pos), full[pos], atol=1e-5)
+        with pytest.raises(KeyError):
+            tr.logits_at(0)
+    assert capture(bert, "no mask here.").logits.shape[0] == 0
+
+
+def test_gradient_from_the_capture_pass_equals_the_separate_pass(gpt2, bert, llama, monkeypatch):
+    """One forward pass serves capture and gradient attribution: the same gradient x input,
+    head gradients and log p as the separate forward + backward, and analyze_model uses it
+    (no second pass). Too long for the merged pass: the separate pass, same values."""
+    from analysis import attribution as attr
+    from analysis import run
+
+    for loaded, prompt in ((gpt2, PROMPT), (llama, PROMPT), (bert, "the capital of japan is [MASK].")):
+        tr = capture(loaded, prompt, gradient=True)
+        g = tr.gradient
+        assert (g["position"], g["target"]) == attr.target_for(tr, loaded.tokenizer.mask_token_id)
+        sep = attr.gradient_attribution(loaded, tr.token_ids, g["position"], g["target"])
+        assert np.allclose(g["grad_x_input"], sep[0], atol=1e-6)
+        assert np.allclose(g["head"], sep[1], atol=1e-6) and np.abs(sep[1]).max() > 0
+        assert g["log_prob"] == pytest.approx(sep[2], abs=1e-9)
+        assert np.allclose(tr.attentions, capture(loaded, prompt).attentions)
+        assert not any(p.requires_grad or p.grad is not None for p in loaded.model.parameters())
+
+    merged = analyze_model(gpt2, [PROMPT])
+    with monkeypatch.context() as m:  # no separate gradient pass when the capture's serves
+        m.setattr(attr, "gradient_attribution", lambda *a, **k: pytest.fail("second pass"))
+        analyze_model(gpt2, [PROMPT])
+    monkeypatch.setattr(attr, "MERGED_PASS_MAX", 0)
+    assert capture(gpt2, PROMPT, gradient=True).gradient is None
+    calls = []
+    real = attr.gradient_attribution
+    monkeypatch.setattr(attr, "gradient_attribution", lambda *a: calls.append(1) or real(*a))
+    separate = run.analyze_model(gpt2, [PROMPT])
+    assert calls == [1]
+    assert np.allclose(separate.head_attribution, merged.head_attribution, atol=1e-6)
+    assert separate.token_attribution["grad_x_input"] == pytest.approx(
+        merged.token_attribution["grad_x_input"], abs=1e-6)
+
+
+def test_logit_lens_equals_a_plain_per_layer_softmax(gpt2, llama, bert):
+    """The batched lens (one product for all layers, top probability as 1 / sum exp(z - max))
+    against a plain computation: final norm, head, float64 softmax, per layer."""
+    import torch
+
+    from analysis.attribution import _lens_parts, logit_lens
+
+    for loaded, prompt in ((gpt2, PROMPT), (llama, PROMPT), (bert, "the capital of japan is [MASK].")):
+        tr = capture(loaded, prompt)
+        lens = logit_lens(loaded, tr.hidden, loaded.tokenizer)
+        norm, head = _lens_parts(loaded.model)
+        n = tr.hidden.shape[0]
+        for layer in range(n):
+            h = torch.from_numpy(tr.hidden[layer])
+            if norm is not None and layer < n - 1:
+                h = norm(h)
+            with torch.no_grad():
+                p = torch.softmax(head(h).double(), -1)
+            assert np.array_equal(lens["top_ids"][layer], p.argmax(-1).numpy())
+            assert np.allclose(lens["top_probs"][layer], p.max(-1).values.numpy(), rtol=1e-5)
+
+
+def test_induction_scores_are_computed_once_per_model_and_seed(gpt2, monkeypatch):
+    """They do not depend on the prompt: a later analysis reuses them (no probe pass), and the
+    reused scores equal a fresh probe pass's."""
+    from analysis import run
+
+    first = analyze_model(gpt2, [PROMPT]).induction
+    fresh = run.induction_scores(gpt2, 0, pool=run.induction_probe(gpt2)[0])  # not cached
+    assert np.array_equal(first, fresh)
+    monkeypatch.setattr(run, "capture", lambda *a, **k: pytest.fail("probe pass again")
+                        if k.get("input_ids") is not None else capture(*a, **k))
+    again = analyze_model(gpt2, ["the opposite of hot is"]).induction
+    assert np.array_equal(first, again)
