@@ -122,13 +122,6 @@ def context_length(loaded) -> int:
     return 2048
 
 
-def _expand_heads(att: np.ndarray, n_heads: int) -> np.ndarray:
-    """[head, q, k] with fewer heads (grouped-query attention) -> every query head."""
-    if att.shape[0] == n_heads:
-        return att
-    return np.repeat(att, n_heads // att.shape[0], axis=0)
-
-
 # Attention arrays over this size are kept as float16 in a file on disk, not in memory.
 ATTENTION_MEMORY_LIMIT = 256 * 2**20
 
@@ -163,21 +156,25 @@ class AttentionStore:
             self.path = None
             self._array = np.empty(self.shape, dtype=np.float32)
 
-    def add(self, layer: int, att: np.ndarray) -> None:
-        a = _expand_heads(np.asarray(att, dtype=np.float32), self.shape[1])
+    def add(self, layer: int, att) -> None:
+        """One layer's weights, `att  # torch.Tensor or array [head or kv-head, query, key]`."""
+        import torch
+
+        w = torch.as_tensor(att).detach().float().cpu()
+        if w.shape[0] != self.shape[1]:  # grouped-query attention: every query head
+            w = w.repeat_interleave(self.shape[1] // w.shape[0], dim=0)
+        a = w.numpy()
+        roles = self._att.role_scores(a[None])
+        for name in ("previous_token_score", "first_token_score", "self_score"):
+            self.stats[name][layer] = roles[name][0]
+        self.stats["attention_entropy"][layer] = self._att.layer_head_entropies(w, self.causal)
         t = a.shape[-1]
         chunk = max(1, (64 * 2**20) // (8 * t * t))  # heads per float64 working set of 64 MB
         for h0 in range(0, a.shape[0], chunk):
-            part = a[None, h0:h0 + chunk]
-            heads = slice(h0, h0 + part.shape[1])
-            roles = self._att.role_scores(part)
-            for name in ("previous_token_score", "first_token_score", "self_score"):
-                self.stats[name][layer, heads] = roles[name][0]
-            self.stats["attention_entropy"][layer, heads] = self._att.head_entropies(
-                part, self.causal)[0]
-            self.stats["mean_distance"][layer, heads] = self._att.mean_attention_distance(part)[0]
+            self.stats["mean_distance"][layer, h0:h0 + chunk] = \
+                self._att.mean_attention_distance(a[None, h0:h0 + chunk])[0]
         if self.on_disk:
-            self._fh.write(a.astype(np.float16).tobytes())
+            self._fh.write(w.half().numpy().tobytes())  # torch: ~50x faster than numpy astype
         else:
             self._array[layer] = a
         self.seen += 1
@@ -297,7 +294,7 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
                 if w is None:
                     raise RuntimeError("attention weights not returned: load the model with "
                                        "attn_implementation='eager'")
-                store.add(layer, w[0].detach().float().cpu().numpy())
+                store.add(layer, w[0])
             handles.append(mod.register_forward_hook(hook))
     x = torch.tensor([ids])
     if merged:
@@ -329,7 +326,7 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
                 raise UserError(f"'{loaded.name}' returned no attention weights (it must be "
                                 "loaded with attn_implementation='eager').")
             for layer, a in enumerate(out.attentions):
-                store.add(layer, a[0].detach().float().numpy())
+                store.add(layer, a[0])
         attentions = store.finish()
     except BaseException:
         store.discard()

@@ -163,7 +163,9 @@ def test_streamed_head_stats_equal_the_whole_array_computation(llama):
     from analysis import attention as att
 
     tr = capture(llama, PROMPT)
-    assert np.allclose(tr.head_stats["attention_entropy"], att.head_entropies(tr.attentions, True))
+    assert np.allclose(tr.head_stats["attention_entropy"], att.head_entropies(tr.attentions, True),
+                       rtol=1e-6, atol=0)
+    assert np.allclose(tr.head_stats["mean_distance"], att.mean_attention_distance(tr.attentions))
     roles = att.role_scores(tr.attentions)
     for name, value in roles.items():
         assert np.allclose(tr.head_stats[name], value)

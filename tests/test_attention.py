@@ -181,3 +181,26 @@ def test_cluster_heads_three_kinds():
               for k in range(3)}
     assert all(len(g) == 1 for g in groups.values())
     assert len(set().union(*groups.values())) == 3
+
+
+def test_layer_head_entropies_in_torch_equal_the_float64_formula():
+    """The capture's torch float32 entropies against the numpy float64 path: causal and not,
+    uniform rows (entropy 1), one-hot rows (0), and a single token (NaN: no row kept)."""
+    import torch
+
+    from analysis.attention import head_entropies, layer_head_entropies
+
+    rng = np.random.default_rng(0)
+    for causal in (True, False):
+        x = rng.standard_normal((4, 37, 37)) * 3
+        if causal:
+            x = np.where(np.tril(np.ones((37, 37), bool)), x, -np.inf)
+        a = np.exp(x - x.max(-1, keepdims=True))
+        a = (a / a.sum(-1, keepdims=True)).astype(np.float32)
+        got = layer_head_entropies(torch.from_numpy(a), causal)
+        assert np.allclose(got, head_entropies(a[None], causal)[0], rtol=1e-6, atol=0)
+    uniform = np.tril(np.ones((6, 6))) / np.arange(1, 7)[:, None]
+    onehot = np.eye(6)
+    both = torch.tensor(np.stack([uniform, onehot]), dtype=torch.float32)
+    assert np.allclose(layer_head_entropies(both, True), [1.0, 0.0], atol=1e-6)
+    assert np.isnan(layer_head_entropies(torch.ones(2, 1, 1), True)).all()
