@@ -37,6 +37,7 @@ def main() -> None:
         att_mod.cluster_features(att_mod.features_from_stats(trace.head_stats))
 
     def whole():
+        loaded.derived.clear()  # no reuse of the induction probe: every analysis pays for it
         analyze_model(loaded, [prompt])
 
     # measured alternately (bare, metrics, whole, bare, ...) so drift on a shared machine

@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.colors import PowerNorm, TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from analysis import attribution  # noqa: E402
 from analysis.capture import release_pages  # noqa: E402
@@ -77,9 +78,33 @@ def _styled(fn: Callable) -> Callable:
     return wrapper
 
 
-def _figure(width: float, height: float) -> Figure:
+def _figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
     return Figure(figsize=(min(max(width, 3.0), 18.0), min(max(height, 2.5), 18.0)),
-                  layout="constrained")
+                  layout=layout)
+
+
+def _margins(fig: Figure, ax, colourbar: bool = True) -> None:
+    """Fixed margins from the labels' lengths (about 0.6 em per character) instead of a layout
+    engine, for the figures a layer or head switch draws: constrained layout measures every
+    text twice and was half of their draw time. `ax` is one axes from `fig.add_subplot()`
+    (with its colour bar made by `fig.colorbar(ax=ax)`, which the margins move along)."""
+    def across(labels, rotated: bool) -> float:  # inches a row of tick labels takes
+        labels = [t for t in labels if t.get_text()]
+        if not labels:
+            return 0.0
+        fs = labels[0].get_fontsize()
+        return (max(len(t.get_text()) for t in labels) * 0.6 * fs if rotated else 1.4 * fs) / 72
+
+    xl, yl = ax.get_xticklabels(), ax.get_yticklabels()
+    x_rotated = bool(xl) and round(xl[0].get_rotation()) % 180 == 90
+    left = 0.2 + across(yl, True) + (0.3 if ax.get_ylabel() else 0.0)
+    bottom = 0.15 + across(xl, x_rotated) + (0.3 if ax.get_xlabel() else 0.0)
+    title = fig.get_suptitle() or ax.get_title()
+    top = 0.2 + (title.count("\n") + 1) * 0.27 if title else 0.2
+    right = 0.85 if colourbar else 0.2
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=min(left / w, 0.45), right=max(1 - right / w, 0.55),
+                        bottom=min(bottom / h, 0.45), top=max(1 - top / h, 0.55))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,13 +216,13 @@ def _suptitle(fig: Figure, text: str) -> None:
 
 
 def _heatmap(fig: Figure, ax, data: np.ndarray, cmap: str, label: str, vmin=None, vmax=None,
-             norm=None, nan_colour: str = "#dddddd"):
+             norm=None, nan_colour: str = "#dddddd", fraction: float = 0.15):
     """imshow heatmap with a colour bar; NaN cells grey; no grid lines across the cells."""
     cm = matplotlib.colormaps[cmap].with_extremes(bad=nan_colour)
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cm, vmin=None if norm else vmin,
                    vmax=None if norm else vmax, norm=norm, aspect="auto", interpolation="nearest")
     ax.grid(False)
-    cb = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
+    cb = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02, fraction=fraction)
     cb.set_label(label)
     return im
 
@@ -397,57 +422,84 @@ def attention_pattern(result: ModelResult, layer: int, head: int) -> Figure:
 def _pattern_figure(att: np.ndarray, tokens: Sequence[str], title: str, label: str) -> Figure:
     n = len(tokens)
     size = _pattern_size(n)
-    fig = _figure(size + 1.2, size)
+    fig = _figure(size + 1.2, size, layout=None)
     ax = fig.add_subplot()
-    _heatmap(fig, ax, att, "Blues", label, vmin=0, vmax=max(1e-9, float(np.nanmax(att))))
+    _heatmap(fig, ax, att, "Blues", label, vmin=0, vmax=max(1e-9, float(np.nanmax(att))),
+             fraction=0.05)
     set_token_ticks(ax, tokens, "x")
     set_token_ticks(ax, tokens, "y")
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
     _title(fig, ax, title)
+    _margins(fig, ax)
     return fig
 
 
 @_styled
 def head_grid(result: ModelResult, layer: int) -> Figure:
-    """Every head of one layer as small multiples, one shared colour scale."""
+    """Every head of one layer as small multiples, one shared colour scale.
+
+    Drawn as one image (the heads' patterns tiled with white gaps, `head_mosaic`) on one axes:
+    a layer switch in the app redraws it, and one axes renders several times faster than one
+    per head (TinyLlama-1.1B has 32 heads)."""
     _check_layer(result, layer)
     t = result.trace
-    att = t.attentions[int(layer) - 1]  # [head, query, key]
-    n_heads = att.shape[0]
-    ncols = min(n_heads, max(1, math.ceil(math.sqrt(n_heads))))
-    nrows = math.ceil(n_heads / ncols)
+    att = np.asarray(t.attentions[int(layer) - 1], dtype=np.float32)  # [head, query, key]
+    n_heads, q, k = att.shape
+    mosaic, origins = head_mosaic(att)
+    ncols = len({c0 for _, c0 in origins})
+    nrows = len({r0 for r0, _ in origins})
     panel = 2.6 if n_heads <= 16 else 1.9
-    fig = _figure(panel * ncols + 1.0, panel * nrows + 0.6)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig = _figure(panel * ncols + 1.0, panel * nrows + 0.6, layout=None)
+    ax = fig.add_subplot()
     vmax = max(1e-9, float(np.nanmax(att)))
-    label_tokens = len(t.tokens) <= 16 and n_heads <= 16
-    im = None
-    for h in range(nrows * ncols):
-        ax = axes[h // ncols][h % ncols]
-        if h >= n_heads:
-            ax.set_axis_off()
-            continue
-        im = ax.imshow(att[h], cmap="Blues", vmin=0, vmax=vmax, aspect="auto",
-                       interpolation="nearest")
-        ax.grid(False)
-        ax.set_title(f"head {h}", fontsize=9)
-        if label_tokens and h % ncols == 0:
-            set_token_ticks(ax, t.tokens, "y")
-            ax.tick_params(axis="y", labelsize=6)
-        else:
-            ax.set_yticks([])
-        if label_tokens and h // ncols == nrows - 1:
-            set_token_ticks(ax, t.tokens, "x")
-            ax.tick_params(axis="x", labelsize=6)
-        else:
-            ax.set_xticks([])
-    if im is not None:
-        cb = fig.colorbar(im, ax=axes, shrink=0.8, pad=0.02)
-        cb.set_label("attention weight")
+    _heatmap(fig, ax, mosaic, "Blues", "attention weight", vmin=0, vmax=vmax,
+             nan_colour="white", fraction=0.05)
+    ax.set_frame_on(False)
+    label_tokens = q <= 16 and n_heads <= 16
+    for h, (r0, c0) in enumerate(origins):
+        ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), k, q, fill=False,
+                               edgecolor="#888888", linewidth=0.6, clip_on=False))
+        ax.text(c0 + (k - 1) / 2, r0 - 0.6, f"head {h}", ha="center", va="bottom", fontsize=9)
+    if label_tokens:
+        rows = sorted({r0 for r0, _ in origins})
+        cols = sorted({c0 for _, c0 in origins})
+        labels = [token_label(s) for s in t.tokens]
+        ax.set_yticks([r0 + i for r0 in rows for i in range(q)])
+        ax.set_yticklabels(labels * len(rows), fontsize=6)
+        ax.set_xticks([c0 + j for c0 in cols for j in range(k)])
+        ax.set_xticklabels(labels * len(cols), fontsize=6, rotation=90)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.tick_params(length=0)
     _suptitle(fig, f"{result.name}: all heads of layer {layer} "
                    "(rows = queries, columns = keys)")
+    _margins(fig, ax)
     return fig
+
+
+def _gap(q: int) -> int:
+    """White space between heads in `head_mosaic`, in cells: room for a 'head h' label."""
+    return max(1, math.ceil(0.12 * q))
+
+
+def head_mosaic(att: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """`att  # [head, query, key]` tiled row-major into about-square rows and columns with NaN
+    gaps: (mosaic, [(top row, left column) of each head's panel])."""
+    n_heads, q, k = att.shape
+    ncols = min(n_heads, max(1, math.ceil(math.sqrt(n_heads))))
+    nrows = math.ceil(n_heads / ncols)
+    gap = _gap(q)
+    mosaic = np.full((nrows * q + (nrows - 1) * gap + gap, ncols * k + (ncols - 1) * gap),
+                     np.nan, dtype=np.float32)
+    origins = []
+    for h in range(n_heads):
+        r, c = divmod(h, ncols)
+        r0, c0 = gap + r * (q + gap), c * (k + gap)  # a gap on top for the first row's labels
+        mosaic[r0:r0 + q, c0:c0 + k] = att[h]
+        origins.append((r0, c0))
+    return mosaic, origins
 
 
 def head_role(h: dict, threshold: float = 0.4) -> str:

@@ -164,7 +164,7 @@ def test_streamed_head_stats_equal_the_whole_array_computation(llama):
 
     tr = capture(llama, PROMPT)
     assert np.allclose(tr.head_stats["attention_entropy"], att.head_entropies(tr.attentions, True),
-                       rtol=1e-6, atol=0)
+                       rtol=1e-12, atol=0)
     assert np.allclose(tr.head_stats["mean_distance"], att.mean_attention_distance(tr.attentions))
     roles = att.role_scores(tr.attentions)
     for name, value in roles.items():

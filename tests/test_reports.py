@@ -541,3 +541,20 @@ def test_pdf_alone_draws_its_own_figures(tmp_path):
     widths = {round(float(p.mediabox.width)) for p in reader.pages}
     assert widths <= {595, 842}  # A4 portrait, and landscape pages for wide figures
     assert os.listdir(tmp_path) == ["r.pdf"]
+
+
+def test_head_grid_is_every_heads_pattern_tiled_in_one_image():
+    """The layer grid is one image: each head's [query, key] pattern at its panel, NaN gaps."""
+    r = fake_result(n_tokens=9, n_layers=2, n_heads=5)
+    att = r.trace.attentions[1]
+    mosaic, origins = figs.head_mosaic(att)
+    assert len(origins) == 5 and len({c for _, c in origins}) == 3  # 3 columns, 2 rows
+    for h, (r0, c0) in enumerate(origins):
+        assert np.array_equal(mosaic[r0:r0 + 9, c0:c0 + 9], att[h])
+    assert np.isnan(mosaic).sum() == mosaic.size - 5 * 81
+    fig = figs.head_grid(r, 2)
+    shown = fig.axes[0].get_images()[0].get_array()
+    assert np.ma.allequal(shown, np.ma.masked_invalid(mosaic))
+    titles = [t.get_text() for t in fig.axes[0].texts]
+    assert titles == [f"head {h}" for h in range(5)]
+    figs.plt.close(fig)
