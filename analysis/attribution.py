@@ -138,9 +138,9 @@ def activation_bytes(loaded, t: int) -> tuple[int, int]:
 
 
 # The capture's forward pass also serves the gradient (one forward pass fewer) while a backward
-# through eager attention keeps at most this much (TinyLlama-1.1B: 512 tokens, ~3.7 GB by the
-# estimate, measured peak 2.3 GB over the weights; 2048 tokens is far over: a separate pass
-# with fused attention and checkpointing, see gradient_attribution).
+# through eager attention keeps at most this much by `activation_bytes` (TinyLlama-1.1B at 512
+# tokens: 3.7 GB estimated, whole analysis measured at 2.6 GB peak over the weights; at 2048
+# tokens far over: a separate pass with fused attention and checkpointing, gradient_attribution).
 MERGED_PASS_MAX = 4 * 2**30
 
 

@@ -167,12 +167,9 @@ class AttentionStore:
         roles = self._att.role_scores(a[None])
         for name in ("previous_token_score", "first_token_score", "self_score"):
             self.stats[name][layer] = roles[name][0]
-        self.stats["attention_entropy"][layer] = self._att.layer_head_entropies(w, self.causal)
-        t = a.shape[-1]
-        chunk = max(1, (64 * 2**20) // (8 * t * t))  # heads per float64 working set of 64 MB
-        for h0 in range(0, a.shape[0], chunk):
-            self.stats["mean_distance"][layer, h0:h0 + chunk] = \
-                self._att.mean_attention_distance(a[None, h0:h0 + chunk])[0]
+        entropy, distance = self._att.layer_head_stats(w, self.causal)
+        self.stats["attention_entropy"][layer] = entropy
+        self.stats["mean_distance"][layer] = distance
         if self.on_disk:
             self._fh.write(w.half().numpy().tobytes())  # torch: ~50x faster than numpy astype
         else:

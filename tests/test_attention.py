@@ -183,24 +183,29 @@ def test_cluster_heads_three_kinds():
     assert len(set().union(*groups.values())) == 3
 
 
-def test_layer_head_entropies_in_torch_equal_the_numpy_formula():
-    """The capture's torch entropies against the numpy float64 path: causal and not,
-    uniform rows (entropy 1), one-hot rows (0), and a single token (NaN: no row kept)."""
+def test_layer_head_stats_in_torch_equal_the_numpy_formulas():
+    """The capture's torch statistics (causal: row blocks reading only keys up to the block)
+    against the numpy float64 paths: causal and not, uniform rows (entropy 1), one-hot rows
+    (0), and a single token (NaN entropy: no row kept)."""
     import torch
 
-    from analysis.attention import head_entropies, layer_head_entropies
+    from analysis.attention import head_entropies, layer_head_stats, mean_attention_distance
 
     rng = np.random.default_rng(0)
     for causal in (True, False):
-        x = rng.standard_normal((4, 37, 37)) * 3
-        if causal:
-            x = np.where(np.tril(np.ones((37, 37), bool)), x, -np.inf)
-        a = np.exp(x - x.max(-1, keepdims=True))
-        a = (a / a.sum(-1, keepdims=True)).astype(np.float32)
-        got = layer_head_entropies(torch.from_numpy(a), causal)
-        assert np.allclose(got, head_entropies(a[None], causal)[0], rtol=1e-12, atol=0)
+        for t in (1, 2, 37, 130):
+            x = rng.standard_normal((4, t, t)) * 3
+            if causal:
+                x = np.where(np.tril(np.ones((t, t), bool)), x, -np.inf)
+            a = np.exp(x - x.max(-1, keepdims=True))
+            a = (a / a.sum(-1, keepdims=True)).astype(np.float32)
+            ent, dist = layer_head_stats(torch.from_numpy(a), causal)
+            assert np.allclose(ent, head_entropies(a[None], causal)[0], rtol=1e-12, atol=0,
+                               equal_nan=True)
+            assert np.allclose(dist, mean_attention_distance(a[None])[0], rtol=1e-12, atol=0)
     uniform = np.tril(np.ones((6, 6))) / np.arange(1, 7)[:, None]
     onehot = np.eye(6)
     both = torch.tensor(np.stack([uniform, onehot]), dtype=torch.float32)
-    assert np.allclose(layer_head_entropies(both, True), [1.0, 0.0], atol=1e-6)
-    assert np.isnan(layer_head_entropies(torch.ones(2, 1, 1), True)).all()
+    ent, dist = layer_head_stats(both, True)
+    assert np.allclose(ent, [1.0, 0.0], atol=1e-6) and dist[1] == 0.0
+    assert np.isnan(layer_head_stats(torch.ones(2, 1, 1), True)[0]).all()
