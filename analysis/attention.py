@@ -50,7 +50,8 @@ def layer_head_stats(att, causal: bool) -> tuple[np.ndarray, np.ndarray]:
     The same formulas and precision (float64; 0 log 0 = 0 by xlogy) in torch on both cores, one
     float64 copy serving both, in blocks of query rows. In a causal layer a block of rows
     r0..r1-1 reads only keys 0..r1-1: the others are exact zeros and add nothing to either sum,
-    so about half the work is skipped (TinyLlama-1.1B at 512 tokens: 4 s -> ~1.5 s a capture).
+    so about half the work is skipped. One TinyLlama-1.1B layer at 512 tokens [32, 512, 512]:
+    0.03 s, against 0.26 s for numpy's float64 entropy and distance and float16 copy.
     """
     import torch
 
