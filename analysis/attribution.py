@@ -145,7 +145,10 @@ MERGED_PASS_MAX = 4 * 2**30
 
 
 def merged_pass_fits(loaded, t: int) -> bool:
-    return sum(activation_bytes(loaded, t)) <= MERGED_PASS_MAX
+    """Whether the capture of `t` tokens may also serve the gradient: its backward fits
+    MERGED_PASS_MAX and every layer's head outputs can be gated (`head_gates`)."""
+    return (sum(activation_bytes(loaded, t)) <= MERGED_PASS_MAX
+            and len(attention_out_projections(loaded.model)) == loaded.n_layers)
 
 
 def gradient_inputs(loaded, ids):
