@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -163,11 +164,17 @@ def induction_scores(loaded, seed: int = 0, pool: list[int] | None = None) -> np
 def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = False,
                   seed: int = 0, max_tokens: int | None = None,
                   gradients: bool = True, continuation_tokens: int = 12,
-                  input_ids: list[int] | None = None) -> ModelResult:
+                  input_ids: list[int] | None = None,
+                  defer_continuation: bool = False) -> ModelResult:
     """Capture, every layer and head metric, predictions, attribution and logit lens.
 
     `input_ids` (one prompt only) analyses exactly these token ids, e.g. a diffusion model's
-    partly masked sequence, instead of re-tokenising the prompt text."""
+    partly masked sequence, instead of re-tokenising the prompt text.
+
+    `defer_continuation`: a causal model's greedy continuation (a generation: one more forward
+    pass per token) is not written now; the result keeps the capture's KV cache and
+    predictions["continuation_pending"], and `finish_continuation` writes the text later (the
+    app shows the analysis first and the continuation after it)."""
     from models import predictions as pred_mod
 
     t0 = time.perf_counter()
@@ -210,11 +217,14 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
                                  "no mask prediction or attribution.")
     elif loaded.task == "causal":
         predictions = pred_mod.next_token_from_logits(loaded, trace.prompt, trace.logits, top_k)
-        if continuation_tokens:
+        if continuation_tokens and defer_continuation and trace.cache is not None:
+            predictions["continuation_pending"] = int(continuation_tokens)
+        elif continuation_tokens:
             predictions["text"] = pred_mod.continuation(loaded, trace.prompt,
                                                         max_new_tokens=continuation_tokens, seed=seed,
                                                         trace=trace)
-    trace.cache = None  # not kept with the result (memory)
+    if not predictions.get("continuation_pending"):
+        trace.cache = None  # not kept with the result (memory)
     head_attr = np.zeros((trace.n_layers, trace.n_heads))
     token_attr: dict = {}
     if target is not None:
@@ -264,6 +274,28 @@ def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = F
                        pooled=pooled if len(traces) > 1 else None)
 
 
+_CONTINUATION_LOCK = threading.Lock()
+
+
+def finish_continuation(loaded, result: ModelResult) -> bool:
+    """Write a deferred greedy continuation (see analyze_model) into result.predictions["text"]
+    from the kept KV cache, then drop the cache. False when none was pending (already written,
+    or never deferred); safe to call from several threads."""
+    from models import predictions as pred_mod
+
+    with _CONTINUATION_LOCK:
+        pending = (result.predictions or {}).get("continuation_pending")
+        if not pending:
+            return False
+        try:
+            result.predictions["text"] = pred_mod.continuation(
+                loaded, result.trace.prompt, max_new_tokens=int(pending), trace=result.trace)
+        finally:
+            result.predictions.pop("continuation_pending", None)
+            result.trace.cache = None
+        return True
+
+
 def _f(x) -> float | None:
     if x is None:
         return None
@@ -291,7 +323,7 @@ def analyze(models: list[str], prompts: list[str], load: Callable | None = None,
     if progress:
         progress(1.0, "done")
     return Analysis(prompts=[p for p in prompts if p and p.strip()], results=results,
-                    settings={k: v for k, v in kwargs.items()},
+                    settings={k: v for k, v in kwargs.items() if k != "defer_continuation"},
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     seed=kwargs.get("seed", 0))
 

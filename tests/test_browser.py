@@ -114,6 +114,8 @@ def test_dashboard_end_to_end(page):
         expect_drawn(page, elem)
     expect(page.locator("#predictions-0")).to_contain_text("tokyo")
     expect(page.locator("#continuation-0")).to_contain_text("Greedy continuation")
+    # written by the event that follows the shown analysis
+    expect(page.locator("#continuation-0")).not_to_contain_text("writing")
     expect(page.locator("#attribution-0")).to_contain_text("japan")
     table = page.locator("#metrics-table")
     expect(table).to_contain_text("effective rank")

@@ -265,3 +265,35 @@ def test_parse_auth():
     assert parse_auth(None) is None
     with pytest.raises(UserError):
         parse_auth("nocolon")
+
+
+def test_continuation_follows_the_shown_analysis(ctx, gpt2):
+    """The Overall tab shows the analysis without waiting for the 12-token continuation (a
+    generation); continuation_event then writes the same text a direct continuation gives into
+    the panel and the session log, and drops the kept KV cache. A bundle built before that
+    finishes it first."""
+    from models.predictions import continuation
+    from ui import overall_tab
+    from ui.state import Session
+
+    expected = continuation(gpt2, PROMPT, max_new_tokens=12)
+    names = overall_tab.output_names(ctx.config.max_models_per_analysis)
+    session = Session()
+    out = dict(zip(names, overall_tab.analyze_event(ctx, session, ["tiny-gpt2"], None, PROMPT),
+                   strict=True))
+    result = session.analysis.result("tiny-gpt2")
+    assert "writing" in out["continuation-0"] and result.trace.cache is not None
+    assert result.predictions["continuation_pending"] == 12
+    assert "defer_continuation" not in session.analysis.settings
+    texts = overall_tab.continuation_event(ctx, session)
+    assert expected and expected in texts[0] and "writing" not in texts[0]
+    assert result.predictions["text"] == expected and result.trace.cache is None
+    assert "continuation_pending" not in result.predictions
+    entry = [e for e in session.log if e.get("action") == "analyze"][-1]
+    assert entry["summary"]["tiny-gpt2"]["text"] == expected
+    assert overall_tab.continuation_event(ctx, session)[0] == texts[0]  # nothing left to do
+
+    other = Session()
+    overall_tab.analyze_event(ctx, other, ["tiny-gpt2"], None, PROMPT)
+    overall_tab.bundle_event(ctx, other)  # before the continuation event
+    assert other.analysis.result("tiny-gpt2").predictions["text"] == expected

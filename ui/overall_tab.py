@@ -179,7 +179,10 @@ def prediction_text(result: ModelResult) -> str:
     elif task == "causal":
         if preds:
             parts.append(f"**Next token:** `{preds[0]['token']}` ({preds[0]['probability']:.1%}).")
-        parts.append(f"**Greedy continuation:** {p.get('text', '') or '(empty)'}")
+        if p.get("continuation_pending"):
+            parts.append("**Greedy continuation:** _writing…_")
+        else:
+            parts.append(f"**Greedy continuation:** {p.get('text', '') or '(empty)'}")
     else:
         parts.append("This model has no language-model head: it is analysed, not asked to predict.")
     attr = result.token_attribution or {}
@@ -252,7 +255,8 @@ def analyze_event(ctx, session: Session, models, custom, prompt, progress=None) 
             largest = max(largest, ctx.load(name).params)
         with compute_threads(largest):
             analysis = analyze(names, [prompt], load=ctx.load, progress=report, top_k=TOP_K,
-                               max_tokens=ctx.config.max_prompt_tokens, seed=0)
+                               max_tokens=ctx.config.max_prompt_tokens, seed=0,
+                               defer_continuation=True)  # continuation_event writes it next
     except UserError as exc:
         session.record("analyze (refused)", models=list(models or []) if not isinstance(models, str)
                        else [models], prompts=[safe_text((prompt or "")[:200])],
@@ -267,6 +271,39 @@ def analyze_event(ctx, session: Session, models, custom, prompt, progress=None) 
     session.add_entry(entry)
     log.info("analysis of %s took %.2f s (server side, figures included)", names, seconds)
     return _with_log(out, session)
+
+
+def continuation_event(ctx, session: Session) -> tuple:
+    """After an analysis is shown: write the causal models' greedy continuations (generation,
+    one forward pass per new token, from the capture's KV cache) into their prediction panels
+    and into the analysis's session-log entry. Returns (panel text per slot..., session log)."""
+    finish_continuations(ctx, session)
+    analysis = session.analysis
+    results = analysis.results if analysis is not None else []
+    texts = [prediction_text(results[i]) if i < len(results) else ""
+             for i in range(ctx.config.max_models_per_analysis)]
+    return (*texts, session_log_table(session))
+
+
+def finish_continuations(ctx, session: Session) -> None:
+    """Every pending continuation of the session's analysis written (idempotent)."""
+    from analysis.run import finish_continuation
+
+    analysis = session.analysis
+    if analysis is None:
+        return
+    for r in analysis.results:
+        if not (r.predictions or {}).get("continuation_pending"):
+            continue
+        loaded = ctx.load(r.name)
+        with compute_threads(loaded.params):
+            written = finish_continuation(loaded, r)
+        if written:
+            for entry in reversed(session.log):  # the analysis's log entry gets the text too
+                summary = entry.get("summary") or {}
+                if entry.get("action") == "analyze" and r.name in summary:
+                    summary[r.name]["text"] = r.predictions.get("text") or None
+                    break
 
 
 def show_event(ctx, session: Session, extra: list[str] | None = None) -> tuple:
@@ -315,6 +352,7 @@ def bundle_event(ctx, session: Session) -> tuple:
 
     session = session if isinstance(session, Session) else Session()
     analysis = session.require_analysis()
+    finish_continuations(ctx, session)  # the bundle has the whole analysis, continuation too
     if session.bundle_path is None or session.bundle_for != session.analysis_id \
             or not session.bundle_path.is_file():
         t0 = time.perf_counter()
@@ -393,7 +431,7 @@ def build(ctx) -> OverallTab:
                          label="Layer metrics (layer 0 = embeddings)", elem_id="metrics-table",
                          column_widths=["11%", "5%"] + ["10.5%"] * len(LAYER_COLUMNS),
                          interactive=False, wrap=True, max_height=420)
-    slot_outputs = []
+    slot_outputs, texts = [], []
     for i in range(cfg.max_models_per_analysis):
         with gr.Column(visible=False, elem_id=f"slot-{i}") as slot:
             header = gr.Markdown("", elem_id=f"model-header-{i}", elem_classes=["model-header"])
@@ -411,6 +449,7 @@ def build(ctx) -> OverallTab:
             corr = gr.Plot(label="Metric correlations across layers", elem_id=f"correlation-{i}",
                            format="png", show_label=False)
         slot_outputs += [slot, header, label, text, highlight, norm, corr]
+        texts.append(text)
     with gr.Accordion("Session log", open=False, elem_id="session-log-accordion"):
         session_log = gr.Dataframe(value=session_log_table(Session()), elem_id="session-log",
                                    interactive=False, wrap=True, show_label=False)
@@ -431,6 +470,15 @@ def build(ctx) -> OverallTab:
                                   concurrency_id=limits.MODEL_CONCURRENCY_ID, concurrency_limit=1),
                 prompt.submit(on_analyze, inputs, outputs, api_visibility="private",
                               concurrency_id=limits.MODEL_CONCURRENCY_ID, concurrency_limit=1)]
+
+    @friendly_errors
+    def on_continue(session):
+        return continuation_event(ctx, session)
+
+    for event in analyzed:  # the analysis is on screen first; the continuation follows
+        event.success(on_continue, [ctx.state], [*texts, session_log], api_visibility="private",
+                      concurrency_id=limits.MODEL_CONCURRENCY_ID, concurrency_limit=1,
+                      show_progress="minimal")
 
     @friendly_errors
     def on_bundle(session):
