@@ -142,8 +142,9 @@ class ModelCache:
             loaded.model.requires_grad_(False)
             self._items[key] = loaded
             while len(self._items) > self.max_models:
-                old_key, _ = self._items.popitem(last=False)
-                log.info("evicted %s from the model cache", old_key[0])
+                old_key = self._items.popitem(last=False)[0]  # no reference to the model kept:
+                log.info("evicted %s from the model cache", old_key[0])  # it is freed below
+            settle_garbage()
             return loaded
 
     def names(self) -> list[str]:
@@ -153,6 +154,19 @@ class ModelCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            settle_garbage()
+
+
+def settle_garbage() -> None:
+    """Collect, then freeze what is left (gc.freeze): the long-lived objects of loaded models
+    and the app (hundreds of thousands) are no longer scanned by later full collections, which
+    otherwise stop the server for ~0.5 s at random moments, e.g. in the middle of a layer
+    switch. Unfrozen first, so an evicted model's reference cycles are collected too."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 CACHE = ModelCache()

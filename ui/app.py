@@ -169,6 +169,9 @@ def serve(config: AppConfig, block: bool = True) -> gr.Blocks:
         demo.close()
         kwargs["share"] = False
         demo.launch(prevent_thread_lock=True, **kwargs)
+    from models.loading import settle_garbage
+
+    settle_garbage()  # the app's own long-lived objects out of later full collections
     host = "localhost" if config.host in ("0.0.0.0", "::", "") else config.host
     print(f"Dashboard running on http://{host}:{demo.server_port}", flush=True)
     if config.share:
