@@ -137,6 +137,7 @@ def test_layer_and_head_changes_redraw_without_forward_passes(ctx, analysed, mon
         layer_tab.prewarm_event(ctx, session, "tiny-gpt2")
         # a cached redraw is instant; every (layer, head) is cached after the pre-draw
         for layer in range(1, n_layers + 1):
+            assert session.cached(("grid", "tiny-gpt2", layer))
             for head in range(n_heads):
                 assert session.cached(("pattern", "tiny-gpt2", layer, head))
         t0 = time.perf_counter()

@@ -197,12 +197,16 @@ def prewarm_event(ctx, session: Session, model: str | None) -> None:
     if n_layers * n_heads > PREWARM_MAX_HEADS:
         return
     analysis_id = session.analysis_id
-    for layer in range(1, n_layers + 1):
-        for head in range(n_heads):
-            if session.analysis_id != analysis_id:  # a newer analysis arrived: stop
-                return
-            pattern_plot(session, result, layer, head)
-        grid_plot(session, result, layer)
+    # first what a layer switch shows (the layer's grid and its head-0 pattern, under a second
+    # for the embedded models), then every other head
+    order = [(layer, 0, True) for layer in range(1, n_layers + 1)]
+    order += [(layer, head, False) for layer in range(1, n_layers + 1) for head in range(1, n_heads)]
+    for layer, head, with_grid in order:
+        if session.analysis_id != analysis_id:  # a newer analysis arrived: stop
+            return
+        if with_grid:
+            grid_plot(session, result, layer)
+        pattern_plot(session, result, layer, head)
 
 
 # ---------------------------------------------------------------------------- layout
