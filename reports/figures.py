@@ -83,11 +83,12 @@ def _figure(width: float, height: float, layout: str | None = "constrained") -> 
                   layout=layout)
 
 
-def _margins(fig: Figure, ax, colourbar: bool = True) -> None:
+def _margins(fig: Figure, ax, colourbar: bool = True, label_inches: float = 0.0) -> None:
     """Fixed margins from the labels' lengths (about 0.6 em per character) instead of a layout
     engine, for the figures a layer or head switch draws: constrained layout measures every
     text twice and was half of their draw time. `ax` is one axes from `fig.add_subplot()`
-    (with its colour bar made by `fig.colorbar(ax=ax)`, which the margins move along)."""
+    (with its colour bar made by `fig.colorbar(ax=ax)`, which the margins move along).
+    `label_inches`: room for labels drawn as texts left of and below the axes."""
     def across(labels, rotated: bool) -> float:  # inches a row of tick labels takes
         labels = [t for t in labels if t.get_text()]
         if not labels:
@@ -97,8 +98,8 @@ def _margins(fig: Figure, ax, colourbar: bool = True) -> None:
 
     xl, yl = ax.get_xticklabels(), ax.get_yticklabels()
     x_rotated = bool(xl) and round(xl[0].get_rotation()) % 180 == 90
-    left = 0.2 + across(yl, True) + (0.3 if ax.get_ylabel() else 0.0)
-    bottom = 0.15 + across(xl, x_rotated) + (0.3 if ax.get_xlabel() else 0.0)
+    left = 0.2 + across(yl, True) + (0.3 if ax.get_ylabel() else 0.0) + label_inches
+    bottom = 0.15 + across(xl, x_rotated) + (0.3 if ax.get_xlabel() else 0.0) + label_inches
     title = fig.get_suptitle() or ax.get_title()
     top = 0.2 + (title.count("\n") + 1) * 0.27 if title else 0.2
     right = 0.85 if colourbar else 0.2
@@ -461,21 +462,22 @@ def head_grid(result: ModelResult, layer: int) -> Figure:
         ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), k, q, fill=False,
                                edgecolor="#888888", linewidth=0.6, clip_on=False))
         ax.text(c0 + (k - 1) / 2, r0 - 0.6, f"head {h}", ha="center", va="bottom", fontsize=9)
-    if label_tokens:
-        rows = sorted({r0 for r0, _ in origins})
-        cols = sorted({c0 for _, c0 in origins})
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if label_tokens:  # plain texts, not ticks: a tick is four artists, and most of the draw time
         labels = [token_label(s) for s in t.tokens]
-        ax.set_yticks([r0 + i for r0 in rows for i in range(q)])
-        ax.set_yticklabels(labels * len(rows), fontsize=6)
-        ax.set_xticks([c0 + j for c0 in cols for j in range(k)])
-        ax.set_xticklabels(labels * len(cols), fontsize=6, rotation=90)
-    else:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    ax.tick_params(length=0)
+        bottom = mosaic.shape[0] - 0.5
+        for r0 in sorted({r0 for r0, _ in origins}):
+            for i, label in enumerate(labels):
+                ax.text(-0.8, r0 + i, label, ha="right", va="center", fontsize=6)
+        for c0 in sorted({c0 for _, c0 in origins}):
+            for j, label in enumerate(labels):
+                ax.text(c0 + j, bottom + 0.3, label, ha="center", va="top", fontsize=6,
+                        rotation=90)
     _suptitle(fig, f"{result.name}: all heads of layer {layer} "
                    "(rows = queries, columns = keys)")
-    _margins(fig, ax)
+    longest = max((len(token_label(s)) for s in t.tokens), default=0) if label_tokens else 0
+    _margins(fig, ax, label_inches=longest * 0.6 * 6 / 72)
     return fig
 
 

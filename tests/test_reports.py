@@ -555,6 +555,8 @@ def test_head_grid_is_every_heads_pattern_tiled_in_one_image():
     fig = figs.head_grid(r, 2)
     shown = fig.axes[0].get_images()[0].get_array()
     assert np.ma.allequal(shown, np.ma.masked_invalid(mosaic))
-    titles = [t.get_text() for t in fig.axes[0].texts]
-    assert titles == [f"head {h}" for h in range(5)]
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert [x for x in texts if x.startswith("head ")] == [f"head {h}" for h in range(5)]
+    labels = [figs.token_label(s) for s in r.trace.tokens]
+    assert texts[5:] == labels * 2 + labels * 3  # token labels: 2 panel rows, 3 panel columns
     figs.plt.close(fig)
