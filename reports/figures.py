@@ -83,12 +83,13 @@ def _figure(width: float, height: float, layout: str | None = "constrained") -> 
                   layout=layout)
 
 
-def _margins(fig: Figure, ax, colourbar: bool = True, label_inches: float = 0.0) -> None:
+def _margins(fig: Figure, ax, colourbar: bool = True, left_inches: float = 0.0,
+             bottom_inches: float = 0.0) -> None:
     """Fixed margins from the labels' lengths (about 0.6 em per character) instead of a layout
     engine, for the figures a layer or head switch draws: constrained layout measures every
     text twice and was half of their draw time. `ax` is one axes from `fig.add_subplot()`
     (with its colour bar made by `fig.colorbar(ax=ax)`, which the margins move along).
-    `label_inches`: room for labels drawn as texts left of and below the axes."""
+    `left_inches`, `bottom_inches`: room for labels drawn as texts beside the axes."""
     def across(labels, rotated: bool) -> float:  # inches a row of tick labels takes
         labels = [t for t in labels if t.get_text()]
         if not labels:
@@ -98,8 +99,8 @@ def _margins(fig: Figure, ax, colourbar: bool = True, label_inches: float = 0.0)
 
     xl, yl = ax.get_xticklabels(), ax.get_yticklabels()
     x_rotated = bool(xl) and round(xl[0].get_rotation()) % 180 == 90
-    left = 0.2 + across(yl, True) + (0.3 if ax.get_ylabel() else 0.0) + label_inches
-    bottom = 0.15 + across(xl, x_rotated) + (0.3 if ax.get_xlabel() else 0.0) + label_inches
+    left = 0.2 + across(yl, True) + (0.3 if ax.get_ylabel() else 0.0) + left_inches
+    bottom = 0.15 + across(xl, x_rotated) + (0.3 if ax.get_xlabel() else 0.0) + bottom_inches
     title = fig.get_suptitle() or ax.get_title()
     top = 0.2 + (title.count("\n") + 1) * 0.27 if title else 0.2
     right = 0.85 if colourbar else 0.2
@@ -140,24 +141,47 @@ def _tick_fontsize(n: int) -> float:
 
 
 def set_token_ticks(ax, tokens: Sequence[str], axis: str = "x", start: int = 0,
-                    show_index: bool = False) -> None:
-    """Token labels on an image axis; every k-th label (k = ceil(T / 60)) when T > 60."""
+                    show_index: bool = False, as_text: bool = False) -> float:
+    """Token labels on an image axis; every k-th label (k = ceil(T / 60)) when T > 60.
+
+    `as_text`: plain texts beside the axis instead of ticks (a tick is four artists; for the
+    figures a layer or head switch redraws); returns the inches the labels take across."""
     n = len(tokens)
     step = _tick_step(n)
     pos = list(range(0, n, step))
     labels = [(f"{start + i}:" if show_index else "") + token_label(tokens[i]) for i in pos]
     fs = _tick_fontsize(len(pos))
+    longest = max((len(s) for s in labels), default=1)
+    rotation = 0
     if axis == "x":
         # horizontal labels when they fit side by side (about 0.6 em per character), else 90°
         fig = ax.get_figure()
         width_pt = ax.get_position().width * fig.get_figwidth() * 72 if fig else 300.0
-        longest = max((len(s) for s in labels), default=1)
         fits = (longest + 1) * 0.6 * fs * len(pos) < 0.9 * width_pt
-        ax.set_xticks(pos)
-        ax.set_xticklabels(labels, rotation=0 if fits else 90, fontsize=fs)
-    else:
-        ax.set_yticks(pos)
-        ax.set_yticklabels(labels, fontsize=fs)
+        rotation = 0 if fits else 90
+    if not as_text:
+        if axis == "x":
+            ax.set_xticks(pos)
+            ax.set_xticklabels(labels, rotation=rotation, fontsize=fs)
+        else:
+            ax.set_yticks(pos)
+            ax.set_yticklabels(labels, fontsize=fs)
+        return 0.0
+    from matplotlib.transforms import offset_copy
+
+    fig = ax.get_figure()
+    if axis == "x":
+        ax.set_xticks([])
+        where = offset_copy(ax.get_xaxis_transform(), fig=fig, y=-3, units="points")
+        for p, label in zip(pos, labels, strict=True):
+            ax.text(p, 0, label, transform=where, ha="center", va="top", fontsize=fs,
+                    rotation=rotation)
+        return (longest * 0.6 * fs if rotation else 1.3 * fs) / 72
+    ax.set_yticks([])
+    where = offset_copy(ax.get_yaxis_transform(), fig=fig, x=-3, units="points")
+    for p, label in zip(pos, labels, strict=True):
+        ax.text(0, p, label, transform=where, ha="right", va="center", fontsize=fs)
+    return longest * 0.6 * fs / 72
 
 
 def _nan(v) -> float:
@@ -427,12 +451,17 @@ def _pattern_figure(att: np.ndarray, tokens: Sequence[str], title: str, label: s
     ax = fig.add_subplot()
     _heatmap(fig, ax, att, "Blues", label, vmin=0, vmax=max(1e-9, float(np.nanmax(att))),
              fraction=0.05)
-    set_token_ticks(ax, tokens, "x")
-    set_token_ticks(ax, tokens, "y")
+    below = set_token_ticks(ax, tokens, "x", as_text=True)
+    left = set_token_ticks(ax, tokens, "y", as_text=True)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
     _title(fig, ax, title)
-    _margins(fig, ax)
+    _margins(fig, ax, left_inches=left, bottom_inches=below)
+    # the axis labels outside the token texts (there are no tick labels to place them by)
+    box = ax.get_position()
+    w, h = box.width * fig.get_figwidth(), box.height * fig.get_figheight()
+    ax.xaxis.set_label_coords(0.5, -(below + 0.1) / h)
+    ax.yaxis.set_label_coords(-(left + 0.1) / w, 0.5)
     return fig
 
 
@@ -477,7 +506,7 @@ def head_grid(result: ModelResult, layer: int) -> Figure:
     _suptitle(fig, f"{result.name}: all heads of layer {layer} "
                    "(rows = queries, columns = keys)")
     longest = max((len(token_label(s)) for s in t.tokens), default=0) if label_tokens else 0
-    _margins(fig, ax, label_inches=longest * 0.6 * 6 / 72)
+    _margins(fig, ax, left_inches=longest * 0.6 * 6 / 72, bottom_inches=longest * 0.6 * 6 / 72)
     return fig
 
 
