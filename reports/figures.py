@@ -63,8 +63,12 @@ METRIC_LABELS = {
 
 
 # rc_context swaps matplotlib's global rcParams: one figure is built at a time, so concurrent
-# requests in a server neither see each other's settings nor leave them behind.
+# requests in a server neither see each other's settings nor leave them behind. Drawing a
+# figure (savefig) holds it too: the font objects that lay out text are shared between threads
+# (a NaN-extent warning appeared once in the browser test while the background pre-drawing ran;
+# serialising the draws rules that race out).
 _STYLE_LOCK = threading.RLock()
+RENDER_LOCK = _STYLE_LOCK
 
 
 def _styled(fn: Callable) -> Callable:
@@ -1042,7 +1046,8 @@ def save_png(fig: Figure, path: str | os.PathLike, dpi: float = 110) -> Path:
     """Write a figure as PNG and release it (no open figures pile up in a server)."""
     path = Path(path)
     try:
-        fig.savefig(path, format="png", dpi=dpi)
+        with RENDER_LOCK:
+            fig.savefig(path, format="png", dpi=dpi)
     finally:
         plt.close(fig)
     return path
