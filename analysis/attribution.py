@@ -194,11 +194,11 @@ def gradient_attribution(loaded, token_ids: list[int], position: int, target: in
 
 
 @contextmanager
-def logit_rows(model, rows: list[int], n_tokens: int, thread: int | None = None):
+def logit_rows(model, rows: list[int], n_tokens: int):
     """Inside the block, `model`'s output head (LM head, MLM decoder) sees only the hidden
     states of positions `rows`: logits [rows, vocab] instead of [T, vocab] (for GPT-2 small at
     128 tokens the 50k-vocabulary head over every position is 44% of the forward pass). Only
-    forward passes of this thread (`thread`, default the caller's) are changed. Callers check
+    forward passes of the calling thread are changed. Callers check
     the logits' length: a model whose head is not its output embeddings module gives all rows.
     """
     import threading
@@ -209,7 +209,7 @@ def logit_rows(model, rows: list[int], n_tokens: int, thread: int | None = None)
     if head is None:
         yield
         return
-    me = threading.get_ident() if thread is None else thread
+    me = threading.get_ident()
     index = torch.tensor(rows, dtype=torch.long)
 
     def pre_hook(module, args):

@@ -17,15 +17,13 @@ import subprocess
 import sys
 import time
 
-from common import line, peak_rss_mb, prompt_of, random_model, rss_mb
+from common import line, peak_rss_mb, prompt_of, random_model, rss_mb, shown_then_continued
 
 
 def time_ratio(n_tokens: int) -> None:
     import torch
 
     from analysis.capture import encode
-    from analysis.run import analyze_model, finish_continuation
-
     torch.set_num_threads(2)
     loaded = random_model("tinyllama-1.1b")
     prompt = prompt_of(n_tokens, bos=True)
@@ -35,15 +33,6 @@ def time_ratio(n_tokens: int) -> None:
     def bare():
         with torch.no_grad():
             loaded.model(input_ids=x, output_attentions=True, output_hidden_states=True)
-
-    def whole() -> tuple[float, float]:
-        """(the analysis as the Overall tab shows it, then its 12-token continuation)."""
-        loaded.derived.clear()  # no reuse of the induction probe: every analysis pays for it
-        t0 = time.perf_counter()
-        result = analyze_model(loaded, [prompt], defer_continuation=True)
-        t1 = time.perf_counter()
-        assert finish_continuation(loaded, result)
-        return t1 - t0, time.perf_counter() - t1
 
     # alternately (bare, whole, bare, whole, ...) so drift on a shared machine reaches both
     # alike; bare warmed up once. The first whole analysis also pays one-time costs the warmed
@@ -55,7 +44,7 @@ def time_ratio(n_tokens: int) -> None:
         t0 = time.perf_counter()
         bare()
         bares.append(time.perf_counter() - t0)
-        a, c = whole()
+        a, c = shown_then_continued(loaded, prompt)
         shown.append(a)
         continued.append(c)
     base = statistics.median(bares)

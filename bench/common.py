@@ -78,6 +78,19 @@ def median_time(fn, repeat: int = 3, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def shown_then_continued(loaded, prompt: str) -> tuple[float, float]:
+    """Seconds of (the analysis as the Overall tab shows it, then its deferred 12-token
+    continuation), with no induction scores reused: every analysis pays for their probe."""
+    from analysis.run import analyze_model, finish_continuation
+
+    loaded.derived.clear()
+    t0 = time.perf_counter()
+    result = analyze_model(loaded, [prompt], defer_continuation=True)
+    t1 = time.perf_counter()
+    assert finish_continuation(loaded, result)
+    return t1 - t0, time.perf_counter() - t1
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -21,7 +21,7 @@ class Loaded:
     model: Any  # a transformers PreTrainedModel in eval mode
     tokenizer: Any
     # what is computed once per loaded model and reused (analysis.run: the induction probe's
-    # token pool, a scan of the whole vocabulary)
+    # token pool, a scan of the whole vocabulary, and the induction scores per seed)
     derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -67,8 +67,7 @@ METRIC_LABELS = {
 # figure (savefig) holds it too: the font objects that lay out text are shared between threads
 # (a NaN-extent warning appeared once in the browser test while the background pre-drawing ran;
 # serialising the draws rules that race out).
-_STYLE_LOCK = threading.RLock()
-RENDER_LOCK = _STYLE_LOCK
+FIGURE_LOCK = threading.RLock()
 
 
 def _styled(fn: Callable) -> Callable:
@@ -76,7 +75,7 @@ def _styled(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with _STYLE_LOCK, plt.rc_context(STYLE):
+        with FIGURE_LOCK, plt.rc_context(STYLE):
             return fn(*args, **kwargs)
 
     return wrapper
@@ -1046,7 +1045,7 @@ def save_png(fig: Figure, path: str | os.PathLike, dpi: float = 110) -> Path:
     """Write a figure as PNG and release it (no open figures pile up in a server)."""
     path = Path(path)
     try:
-        with RENDER_LOCK:
+        with FIGURE_LOCK:
             fig.savefig(path, format="png", dpi=dpi)
     finally:
         plt.close(fig)

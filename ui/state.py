@@ -122,10 +122,10 @@ def encode_figure(fig) -> Any:
     from gradio.components.plot import PlotData
     from gradio.processing_utils import encode_plot_to_base64
 
-    from reports.figures import RENDER_LOCK
+    from reports.figures import FIGURE_LOCK
 
     try:
-        with RENDER_LOCK:  # one figure drawn at a time (matplotlib's font objects are shared)
+        with FIGURE_LOCK:  # one figure drawn at a time (matplotlib's font objects are shared)
             return PlotData(type="matplotlib", plot=encode_plot_to_base64(fig, "png"))
     finally:
         import matplotlib.pyplot as plt
