@@ -209,3 +209,50 @@ def test_layer_head_stats_in_torch_equal_the_numpy_formulas():
     ent, dist = layer_head_stats(both, True)
     assert np.allclose(ent, [1.0, 0.0], atol=1e-6) and dist[1] == 0.0
     assert np.isnan(layer_head_stats(torch.ones(2, 1, 1), True)[0]).all()
+
+
+def test_kmeans_recovers_planted_blobs_and_is_deterministic():
+    rng = np.random.default_rng(3)
+    truth = np.repeat(np.arange(3), 40)
+    z = rng.normal(scale=0.3, size=(120, 4)) + np.array([[0, 0, 0, 0], [4, 0, 0, 0], [0, 4, 0, 0]])[truth]
+    labels = A.kmeans(z, 3, seed=7)
+    # the same partition as the planted one (up to renaming)
+    pairs = {(int(a), int(b)) for a, b in zip(labels, truth, strict=True)}
+    assert len(pairs) == 3 and len({a for a, _ in pairs}) == 3
+    np.testing.assert_array_equal(labels, A.kmeans(z, 3, seed=7))
+
+
+def test_kmeans_inertia_matches_scikit_learn_on_random_points():
+    """10 k-means++ starts reach about the same optimum as scikit-learn's KMeans(n_init=10)."""
+    from sklearn.cluster import KMeans
+
+    def inertia(z, labels):
+        return sum(float(((z[labels == c] - z[labels == c].mean(0)) ** 2).sum()) for c in set(labels))
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        z = rng.normal(size=(144, 5))
+        for k in (2, 4, 6):
+            ours = inertia(z, A.kmeans(z, k, seed=0))
+            theirs = inertia(z, KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(z))
+            assert ours <= theirs * 1.03, (k, ours, theirs)
+
+
+def test_kmeans_as_many_clusters_as_points():
+    z = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    assert sorted(A.kmeans(z, 4, seed=0).tolist()) == [0, 1, 2, 3]  # no cluster left empty
+
+
+def test_silhouette_matches_scikit_learn_and_a_hand_value():
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(50, 3))
+    labels = rng.integers(0, 4, size=50)
+    labels[0] = 9  # a singleton cluster counts 0
+    assert A.silhouette(z, labels) == pytest.approx(silhouette_score(z, labels), rel=1e-12)
+    # 1-D points 0, 1 | 11, 12: a = 1 for every point, b = mean distance to the other pair
+    z = np.array([[0.0], [1.0], [11.0], [12.0]])
+    b = [np.mean([11, 12]), np.mean([10, 11]), np.mean([10, 11]), np.mean([11, 12])]
+    s = [(bi - 1) / bi for bi in b]
+    assert A.silhouette(z, [0, 0, 1, 1]) == pytest.approx(np.mean(s), rel=1e-12)
