@@ -116,6 +116,17 @@ def test_two_nearest_matches_brute_force():
     np.testing.assert_allclose(M._two_nearest(x), brute, rtol=1e-9)
 
 
+def test_two_nearest_in_small_blocks_matches_brute_force(monkeypatch):
+    # candidates re-measured 7 rows at a time (9 blocks, the last one short), chunks of 13 rows
+    x = _rng(9).normal(size=(60, 5)) + 1e3
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    brute = np.sort(d, axis=1)[:, :2]
+    monkeypatch.setattr(M, "_TWONN_BLOCK_BYTES", 8 * M._TWONN_CANDIDATES * 5 * 7)
+    monkeypatch.setattr(M, "_TWONN_CHUNK_BYTES", 8 * 60 * 13)
+    np.testing.assert_allclose(M._two_nearest(x), brute, rtol=1e-9)
+
+
 # --- activation entropy ---------------------------------------------------------------------
 
 def test_activation_entropy_orthogonal_equal_norm_is_one():
