@@ -51,7 +51,8 @@ def time_ratio(n_tokens: int) -> None:
     n = len(ids)
     line(f"whole analysis as shown, warm (median of 2), tinyllama-1.1b shape, {n} tokens",
          statistics.median(shown[1:]), "s", base, "<= 3x")
-    line("  then its 12-token greedy continuation (12 decoding steps, each reading all weights)",
+    line("  then its 12-token greedy continuation (11 decoding steps after the capture's own "
+         "next token, each reading all weights)",
          statistics.median(continued[1:]), "s", base, "(information)")
     line("  both together (what `dashboard.py analyze` runs)",
          statistics.median([a + c for a, c in zip(shown[1:], continued[1:], strict=True)]), "s",
