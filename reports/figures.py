@@ -437,23 +437,66 @@ def _pattern_size(n: int) -> float:
 
 
 @_styled
-def attention_pattern(result: ModelResult, layer: int, head: int) -> Figure:
-    """One head's attention pattern [query, key] with token labels; layer is 1-based."""
+def attention_pattern(result: ModelResult, layer: int, head: int, keep: dict | None = None
+                      ) -> Figure:
+    """One head's attention pattern [query, key] with token labels; layer is 1-based.
+
+    `keep` (see `_kept`): a dict in which the figure is kept and redrawn with new data."""
     _check_layer(result, layer)
     _check_head(result, head)
     t = result.trace
     att = t.attentions[int(layer) - 1, int(head)]
     return _pattern_figure(att, t.tokens,
-                           f"{result.name}: layer {layer}, head {head}", "attention weight")
+                           f"{result.name}: layer {layer}, head {head}", "attention weight", keep)
 
 
-def _pattern_figure(att: np.ndarray, tokens: Sequence[str], title: str, label: str) -> Figure:
+def _kept(keep: dict | None, key: tuple, data: np.ndarray, vmax: float, title: str,
+          suptitle: bool) -> Figure | None:
+    """The figure kept under `key` in `keep`, redrawn with new image `data`, colour range
+    [0, vmax] and `title`; None when there is none (or the new title wraps onto another
+    number of lines, which moves the margins): build one then.
+
+    A layer or head switch in the app draws the same figure with another layer's or head's
+    data: everything else (axes, colour bar, token texts, margins) is the same, and building it
+    is about a quarter of the switch. The caller holds FIGURE_LOCK until the figure is drawn
+    (another thread may redraw it next). The result is pixel for pixel the figure a fresh build
+    gives (tested)."""
+    fig = keep.get(key) if keep is not None else None
+    if fig is None:
+        return None
+    ax = fig.axes[0]
+    if suptitle:
+        text = fig.get_suptitle()
+        fs = plt.rcParams["figure.titlesize"]
+        new = _wrap(fig, title, fs if isinstance(fs, (int, float)) else 13)
+    else:
+        text = ax.get_title()
+        fs = plt.rcParams["axes.titlesize"]
+        new = _wrap(fig, title, fs if isinstance(fs, (int, float)) else 11, share=0.72)
+    if new.count("\n") != text.count("\n"):
+        return None
+    if suptitle:
+        fig._suptitle.set_text(new)
+    else:
+        ax.title.set_text(new)
+    im = ax.images[0]
+    im.set_data(np.ma.masked_invalid(data))
+    im.set_clim(0, vmax)
+    return fig
+
+
+def _pattern_figure(att: np.ndarray, tokens: Sequence[str], title: str, label: str,
+                    keep: dict | None = None) -> Figure:
+    key = ("pattern", label, tuple(tokens), att.shape)
+    vmax = max(1e-9, float(np.nanmax(att)))
+    fig = _kept(keep, key, att, vmax, title, suptitle=False)
+    if fig is not None:
+        return fig
     n = len(tokens)
     size = _pattern_size(n)
     fig = _figure(size + 1.2, size, layout=None)
     ax = fig.add_subplot()
-    _heatmap(fig, ax, att, "Blues", label, vmin=0, vmax=max(1e-9, float(np.nanmax(att))),
-             fraction=0.05)
+    _heatmap(fig, ax, att, "Blues", label, vmin=0, vmax=vmax, fraction=0.05)
     below = set_token_ticks(ax, tokens, "x", as_text=True)
     left = set_token_ticks(ax, tokens, "y", as_text=True)
     ax.set_xlabel("key (attended to)")
@@ -465,27 +508,34 @@ def _pattern_figure(att: np.ndarray, tokens: Sequence[str], title: str, label: s
     w, h = box.width * fig.get_figwidth(), box.height * fig.get_figheight()
     ax.xaxis.set_label_coords(0.5, -(below + 0.1) / h)
     ax.yaxis.set_label_coords(-(left + 0.1) / w, 0.5)
+    if keep is not None:
+        keep[key] = fig
     return fig
 
 
 @_styled
-def head_grid(result: ModelResult, layer: int) -> Figure:
+def head_grid(result: ModelResult, layer: int, keep: dict | None = None) -> Figure:
     """Every head of one layer as small multiples, one shared colour scale.
 
     Drawn as one image (the heads' patterns tiled with white gaps, `head_mosaic`) on one axes:
     a layer switch in the app redraws it, and one axes renders several times faster than one
-    per head (TinyLlama-1.1B has 32 heads)."""
+    per head (TinyLlama-1.1B has 32 heads). `keep`: as for `attention_pattern`."""
     _check_layer(result, layer)
     t = result.trace
     att = np.asarray(t.attentions[int(layer) - 1], dtype=np.float32)  # [head, query, key]
     n_heads, q, k = att.shape
     mosaic, origins = head_mosaic(att)
+    vmax = max(1e-9, float(np.nanmax(att)))
+    title = f"{result.name}: all heads of layer {layer} (rows = queries, columns = keys)"
+    key = ("grid", tuple(t.tokens), att.shape)
+    fig = _kept(keep, key, mosaic, vmax, title, suptitle=True)
+    if fig is not None:
+        return fig
     ncols = len({c0 for _, c0 in origins})
     nrows = len({r0 for r0, _ in origins})
     panel = 2.6 if n_heads <= 16 else 1.9
     fig = _figure(panel * ncols + 1.0, panel * nrows + 0.6, layout=None)
     ax = fig.add_subplot()
-    vmax = max(1e-9, float(np.nanmax(att)))
     _heatmap(fig, ax, mosaic, "Blues", "attention weight", vmin=0, vmax=vmax,
              nan_colour="white", fraction=0.05)
     ax.set_frame_on(False)
@@ -506,10 +556,11 @@ def head_grid(result: ModelResult, layer: int) -> Figure:
             for j, label in enumerate(labels):
                 ax.text(c0 + j, bottom + 0.3, label, ha="center", va="top", fontsize=6,
                         rotation=90)
-    _suptitle(fig, f"{result.name}: all heads of layer {layer} "
-                   "(rows = queries, columns = keys)")
+    _suptitle(fig, title)
     longest = max((len(token_label(s)) for s in t.tokens), default=0) if label_tokens else 0
     _margins(fig, ax, left_inches=longest * 0.6 * 6 / 72, bottom_inches=longest * 0.6 * 6 / 72)
+    if keep is not None:
+        keep[key] = fig
     return fig
 
 

@@ -562,3 +562,45 @@ def test_head_grid_is_every_heads_pattern_tiled_in_one_image():
     labels = [figs.token_label(s) for s in r.trace.tokens]
     assert texts[5:] == labels * 2 + labels * 3  # token labels: 2 panel rows, 3 panel columns
     figs.plt.close(fig)
+
+
+def _pixels(fig) -> np.ndarray:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return np.asarray(Image.open(buf))
+
+
+def test_kept_pattern_and_grid_redraw_to_the_same_pixels_as_a_fresh_build():
+    """A layer or head switch redraws the figure kept in `keep` with new data: the same Figure
+    object, and pixel for pixel what building it anew gives (colour range, title, texts)."""
+    r = fake_result(n_tokens=9, n_layers=11, n_heads=4)
+    r.trace.attentions[4] *= 0.5  # a layer whose colour range ends lower
+    keep: dict = {}
+    first_pattern = figs.attention_pattern(r, 1, 0, keep=keep)
+    first_grid = figs.head_grid(r, 1, keep=keep)
+    for layer, head in [(1, 0), (2, 3), (5, 1), (11, 2), (10, 0)]:
+        kept = figs.attention_pattern(r, layer, head, keep=keep)
+        assert kept is first_pattern
+        fresh = figs.attention_pattern(r, layer, head)
+        assert np.array_equal(_pixels(kept), _pixels(fresh)), (layer, head)
+        figs.plt.close(fresh)
+        kept = figs.head_grid(r, layer, keep=keep)
+        assert kept is first_grid
+        fresh = figs.head_grid(r, layer)
+        assert np.array_equal(_pixels(kept), _pixels(fresh)), layer
+        figs.plt.close(fresh)
+    assert len(keep) == 2
+
+
+def test_kept_figure_is_rebuilt_when_the_title_wraps_differently():
+    keep: dict = {}
+    short = fake_result(n_tokens=6, name="m")
+    long = fake_result(n_tokens=6, name="a-model-name-long-enough-to-wrap " * 4)
+    first = figs.attention_pattern(short, 1, 0, keep=keep)
+    other = figs.attention_pattern(long, 1, 0, keep=keep)  # same tokens and shape: same key
+    assert other is not first and len(keep) == 1
+    assert other.axes[0].get_title().count("\n") > first.axes[0].get_title().count("\n")
+    fresh = figs.attention_pattern(long, 1, 0)
+    assert np.array_equal(_pixels(other), _pixels(fresh))
+    for f in (first, other, fresh):
+        figs.plt.close(f)

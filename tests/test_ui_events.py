@@ -129,6 +129,14 @@ def test_layer_and_head_changes_redraw_without_forward_passes(ctx, analysed, mon
         assert f"layer {n_layers}" in info
         info, pattern2 = layer_tab.head_event(ctx, session, "tiny-gpt2", n_layers, n_heads - 1)
         assert pattern2.plot != pattern.plot and f"head {n_heads - 1}" in info
+        # switches redraw the session's kept figures: the same PNG as a figure built anew
+        from reports import figures as F
+        from ui.state import encode_figure
+
+        result = session.analysis.result("tiny-gpt2")
+        assert session.kept
+        assert pattern2.plot == encode_figure(F.attention_pattern(result, n_layers, n_heads - 1)).plot
+        assert grid.plot == encode_figure(F.head_grid(result, n_layers)).plot
         # out-of-range values are clamped, not errors
         info, pattern3, _ = layer_tab.layer_event(ctx, session, "tiny-gpt2", 99, 99)
         assert pattern3.plot == pattern2.plot
@@ -298,3 +306,13 @@ def test_continuation_follows_the_shown_analysis(ctx, gpt2):
     overall_tab.analyze_event(ctx, other, ["tiny-gpt2"], None, PROMPT)
     overall_tab.bundle_event(ctx, other)  # before the continuation event
     assert other.analysis.result("tiny-gpt2").predictions["text"] == expected
+
+
+def test_a_new_analysis_drops_the_kept_figures(analysed):
+    from ui.state import Session
+
+    session = Session()
+    session.kept[("pattern", "x")] = object()
+    session.figures[(0, "pattern")] = object()
+    session.set_analysis(analysed[0].analysis)
+    assert session.kept == {} and session.figures == {}

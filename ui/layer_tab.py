@@ -114,12 +114,14 @@ def role_table(result: ModelResult) -> pd.DataFrame:
 def pattern_plot(session: Session, result: ModelResult, layer: int, head: int):
     f = _figures()
     return session.plot(("pattern", result.name, layer, head),
-                        functools.partial(f.attention_pattern, result, layer, head))
+                        functools.partial(f.attention_pattern, result, layer, head,
+                                          keep=session.kept), kept=True)
 
 
 def grid_plot(session: Session, result: ModelResult, layer: int):
     f = _figures()
-    return session.plot(("grid", result.name, layer), functools.partial(f.head_grid, result, layer))
+    return session.plot(("grid", result.name, layer),
+                        functools.partial(f.head_grid, result, layer, keep=session.kept), kept=True)
 
 
 # ---------------------------------------------------------------------------- events

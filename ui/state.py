@@ -43,6 +43,7 @@ class Session:
     gif_paths: dict = field(default_factory=dict)  # (analysis_id, model) -> Path
     log: list[dict] = field(default_factory=list)
     figures: dict = field(default_factory=dict)  # (analysis_id, kind, ...) -> encoded plot
+    kept: dict = field(default_factory=dict)  # matplotlib figures redrawn by layer/head switches
     directory: Path | None = None  # created on first use
 
     # ------------------------------------------------------------------ files
@@ -73,6 +74,7 @@ class Session:
         self.analysis = analysis
         self.analysis_id += 1
         self.figures.clear()
+        self.kept.clear()
         for p in list(self.gif_paths.values()) + ([self.bundle_path] if self.bundle_path else []):
             _unlink(p)
         self.gif_paths.clear()
@@ -86,12 +88,22 @@ class Session:
 
     # ------------------------------------------------------------------ figure cache
 
-    def plot(self, key: tuple, make: Callable[[], Any]) -> Any:
-        """The encoded plot for `key` in the current analysis, drawn by `make()` only once."""
+    def plot(self, key: tuple, make: Callable[[], Any], kept: bool = False) -> Any:
+        """The encoded plot for `key` in the current analysis, drawn by `make()` only once.
+
+        `kept`: `make()` returns a figure kept in `self.kept` to be redrawn with other data
+        (reports.figures `keep=`): it is built or updated and drawn under one hold of the
+        figure lock, and not closed."""
         full = (self.analysis_id, *key)
         hit = self.figures.get(full)
         if hit is None:
-            hit = encode_figure(make())
+            if kept:
+                from reports.figures import FIGURE_LOCK
+
+                with FIGURE_LOCK:
+                    hit = encode_figure(make(), close=False)
+            else:
+                hit = encode_figure(make())
             if len(self.figures) >= MAX_CACHED_FIGURES:
                 try:
                     self.figures.pop(next(iter(self.figures)), None)
@@ -117,7 +129,7 @@ class Session:
         return entry
 
 
-def encode_figure(fig) -> Any:
+def encode_figure(fig, close: bool = True) -> Any:
     """A matplotlib Figure -> the PNG payload gr.Plot sends (so it can be cached and reused)."""
     from gradio.components.plot import PlotData
     from gradio.processing_utils import encode_plot_to_base64
@@ -128,9 +140,10 @@ def encode_figure(fig) -> Any:
         with FIGURE_LOCK:  # one figure drawn at a time (matplotlib's font objects are shared)
             return PlotData(type="matplotlib", plot=encode_plot_to_base64(fig, "png"))
     finally:
-        import matplotlib.pyplot as plt
+        if close:
+            import matplotlib.pyplot as plt
 
-        plt.close(fig)
+            plt.close(fig)
 
 
 def cleanup(session: Session | None) -> None:
