@@ -7,9 +7,9 @@ on every change would pay). Measured:
 - switching layer or head, at most 150 ms. In the app, right after an analysis, a background
   event (layer_tab.prewarm_event) draws every head pattern and layer grid of a small model into
   the session's cache, so a switch after that is a cache hit. Printed: the switch without that
-  (first draw: matplotlib redraws the session's kept pattern and grid figures with the new
-  layer's data; only the first switch builds them), how long the pre-drawing takes, and the
-  switch after it;
+  (first draw: the session's kept pattern and grid figures get the new layer's data and only
+  the image, the title and the colour bar are drawn again, over a kept background), how long
+  the pre-drawing takes, and the switch after it;
 - the full Overall analysis of one embedded model (capture, metrics, predictions, attribution,
   the Overall figures), at most 3 s; its baseline is one bare forward pass.
 """

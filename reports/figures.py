@@ -12,6 +12,7 @@ Conventions: `layer` counts blocks from 1 (layer 0 = the embedding output); atte
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import math
 import os
@@ -483,6 +484,54 @@ def _kept(keep: dict | None, key: tuple, data: np.ndarray, vmax: float, title: s
     im.set_data(np.ma.masked_invalid(data))
     im.set_clim(0, vmax)
     return fig
+
+
+def kept_png(fig: Figure) -> bytes:
+    """PNG bytes of a figure kept for redrawing (`_kept`), the same pixels as `fig.savefig`.
+
+    The first call draws the whole figure without the parts a redraw changes (the image, the
+    artists drawn over it, the title and the colour bar) and keeps that background; every call
+    restores it and draws only those parts, in the order a full draw uses. The token texts,
+    most of a switch's draw time, are drawn once. Call it under FIGURE_LOCK."""
+    import matplotlib.image as mpimg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    ax, cax = fig.axes[0], fig.axes[1]
+    im = ax.images[0]
+    title = fig._suptitle if fig._suptitle is not None else ax.title
+    parts = getattr(fig, "_kept_parts", None)
+    if parts is None or parts[0] != (canvas.get_width_height(), fig.dpi):
+        renderer = canvas.get_renderer()
+        box = im.get_window_extent(renderer).padded(3)  # edges that touch it too
+        # what a full draw puts over the image: later in z-order and overlapping it
+        # (as Axes.draw: no axes patch, no spines when the frame is off)
+        skip = {id(im), id(ax.title), id(ax.patch), id(ax.xaxis), id(ax.yaxis)}
+        if not (ax.axison and ax.get_frame_on()):
+            skip |= {id(sp) for sp in ax.spines.values()}
+        over = sorted((a for a in ax.get_children()
+                       if id(a) not in skip and a.get_visible()
+                       and a.get_zorder() > im.get_zorder()
+                       and a.get_window_extent(renderer).overlaps(box)),
+                      key=lambda a: a.get_zorder())
+        for a in (im, title, cax, *over):  # left out of the background
+            a.set_animated(True)
+        try:
+            canvas.draw()
+        finally:
+            for a in (im, title, cax, *over):
+                a.set_animated(False)
+        parts = ((canvas.get_width_height(), fig.dpi), canvas.copy_from_bbox(fig.bbox), over)
+        fig._kept_parts = parts
+    _, background, over = parts
+    canvas.restore_region(background)
+    for a in (im, *over):
+        ax.draw_artist(a)
+    fig.draw_artist(title)
+    fig.draw_artist(cax)
+    buf = io.BytesIO()
+    mpimg.imsave(buf, canvas.buffer_rgba(), format="png", origin="upper", dpi=fig.dpi)
+    return buf.getvalue()
 
 
 def _pattern_figure(att: np.ndarray, tokens: Sequence[str], title: str, label: str,

@@ -572,23 +572,24 @@ def _pixels(fig) -> np.ndarray:
 
 def test_kept_pattern_and_grid_redraw_to_the_same_pixels_as_a_fresh_build():
     """A layer or head switch redraws the figure kept in `keep` with new data: the same Figure
-    object, and pixel for pixel what building it anew gives (colour range, title, texts)."""
+    object, and pixel for pixel what building it anew gives (colour range, title, texts), both
+    through `kept_png` (only the changed parts drawn over a kept background) and savefig."""
     r = fake_result(n_tokens=9, n_layers=11, n_heads=4)
     r.trace.attentions[4] *= 0.5  # a layer whose colour range ends lower
     keep: dict = {}
     first_pattern = figs.attention_pattern(r, 1, 0, keep=keep)
     first_grid = figs.head_grid(r, 1, keep=keep)
-    for layer, head in [(1, 0), (2, 3), (5, 1), (11, 2), (10, 0)]:
-        kept = figs.attention_pattern(r, layer, head, keep=keep)
-        assert kept is first_pattern
-        fresh = figs.attention_pattern(r, layer, head)
-        assert np.array_equal(_pixels(kept), _pixels(fresh)), (layer, head)
-        figs.plt.close(fresh)
-        kept = figs.head_grid(r, layer, keep=keep)
-        assert kept is first_grid
-        fresh = figs.head_grid(r, layer)
-        assert np.array_equal(_pixels(kept), _pixels(fresh)), layer
-        figs.plt.close(fresh)
+    for layer, head in [(1, 0), (2, 3), (5, 1), (11, 2), (10, 0), (1, 0)]:
+        for kept, fresh, first in (
+                (figs.attention_pattern(r, layer, head, keep=keep),
+                 figs.attention_pattern(r, layer, head), first_pattern),
+                (figs.head_grid(r, layer, keep=keep), figs.head_grid(r, layer), first_grid)):
+            assert kept is first
+            want = _pixels(fresh)
+            blitted = np.asarray(Image.open(io.BytesIO(figs.kept_png(kept))))
+            assert np.array_equal(blitted, want), (layer, head)
+            assert np.array_equal(_pixels(kept), want), (layer, head)
+            figs.plt.close(fresh)
     assert len(keep) == 2
 
 

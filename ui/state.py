@@ -92,16 +92,22 @@ class Session:
         """The encoded plot for `key` in the current analysis, drawn by `make()` only once.
 
         `kept`: `make()` returns a figure kept in `self.kept` to be redrawn with other data
-        (reports.figures `keep=`): it is built or updated and drawn under one hold of the
-        figure lock, and not closed."""
+        (reports.figures `keep=`): it is built or updated and drawn (`kept_png`: only what
+        changed) under one hold of the figure lock, and not closed."""
         full = (self.analysis_id, *key)
         hit = self.figures.get(full)
         if hit is None:
             if kept:
-                from reports.figures import FIGURE_LOCK
+                import base64
+
+                from gradio.components.plot import PlotData
+
+                from reports.figures import FIGURE_LOCK, kept_png
 
                 with FIGURE_LOCK:
-                    hit = encode_figure(make(), close=False)
+                    png = kept_png(make())
+                hit = PlotData(type="matplotlib",
+                               plot="data:image/png;base64," + base64.b64encode(png).decode())
             else:
                 hit = encode_figure(make())
             if len(self.figures) >= MAX_CACHED_FIGURES:
@@ -129,7 +135,7 @@ class Session:
         return entry
 
 
-def encode_figure(fig, close: bool = True) -> Any:
+def encode_figure(fig) -> Any:
     """A matplotlib Figure -> the PNG payload gr.Plot sends (so it can be cached and reused)."""
     from gradio.components.plot import PlotData
     from gradio.processing_utils import encode_plot_to_base64
@@ -140,10 +146,9 @@ def encode_figure(fig, close: bool = True) -> Any:
         with FIGURE_LOCK:  # one figure drawn at a time (matplotlib's font objects are shared)
             return PlotData(type="matplotlib", plot=encode_plot_to_base64(fig, "png"))
     finally:
-        if close:
-            import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt
 
-            plt.close(fig)
+        plt.close(fig)
 
 
 def cleanup(session: Session | None) -> None:
