@@ -269,8 +269,9 @@ def kmeans(z: np.ndarray, k: int, n_init: int = 10, seed: int = 0, max_iter: int
                 centres[r, j] = z[far]
                 assigned[r, far] = -1.0
                 labels[r, far] = -1  # forces another iteration
-    d2 = dist2(centres)
-    labels = d2.argmin(axis=2)
+    else:  # no convergence within max_iter: the labels of the last centres
+        d2 = dist2(centres)
+        labels = d2.argmin(axis=2)
     inertia = np.take_along_axis(d2, labels[:, :, None], axis=2)[:, :, 0].sum(axis=1)
     return labels[int(np.argmin(inertia))]
 

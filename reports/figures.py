@@ -232,16 +232,22 @@ def _wrap(fig: Figure, text: str, fontsize: float, share: float = 0.95) -> str:
     return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
+def _title_text(fig: Figure, text: str, suptitle: bool = False,
+                fontsize: float | None = None) -> tuple[str, float]:
+    """(the title wrapped to the figure, its font size): an axes title or a figure suptitle."""
+    fs = fontsize or plt.rcParams["figure.titlesize" if suptitle else "axes.titlesize"]
+    fs = fs if isinstance(fs, (int, float)) else (13 if suptitle else 11)
+    return _wrap(fig, text, fs, share=0.95 if suptitle else 0.72), fs
+
+
 def _title(fig: Figure, ax, text: str, fontsize: float | None = None) -> None:
-    fs = fontsize or plt.rcParams["axes.titlesize"]
-    fs = fs if isinstance(fs, (int, float)) else 11
-    ax.set_title(_wrap(fig, text, fs, share=0.72), fontsize=fs)
+    wrapped, fs = _title_text(fig, text, fontsize=fontsize)
+    ax.set_title(wrapped, fontsize=fs)
 
 
 def _suptitle(fig: Figure, text: str) -> None:
-    fs = plt.rcParams["figure.titlesize"]
-    fs = fs if isinstance(fs, (int, float)) else 13
-    fig.suptitle(_wrap(fig, text, fs), fontsize=fs)
+    wrapped, fs = _title_text(fig, text, suptitle=True)
+    fig.suptitle(wrapped, fontsize=fs)
 
 
 def _heatmap(fig: Figure, ax, data: np.ndarray, cmap: str, label: str, vmin=None, vmax=None,
@@ -466,20 +472,11 @@ def _kept(keep: dict | None, key: tuple, data: np.ndarray, vmax: float, title: s
     if fig is None:
         return None
     ax = fig.axes[0]
-    if suptitle:
-        text = fig.get_suptitle()
-        fs = plt.rcParams["figure.titlesize"]
-        new = _wrap(fig, title, fs if isinstance(fs, (int, float)) else 13)
-    else:
-        text = ax.get_title()
-        fs = plt.rcParams["axes.titlesize"]
-        new = _wrap(fig, title, fs if isinstance(fs, (int, float)) else 11, share=0.72)
-    if new.count("\n") != text.count("\n"):
+    artist = fig._suptitle if suptitle else ax.title
+    new = _title_text(fig, title, suptitle)[0]
+    if new.count("\n") != artist.get_text().count("\n"):
         return None
-    if suptitle:
-        fig._suptitle.set_text(new)
-    else:
-        ax.title.set_text(new)
+    artist.set_text(new)
     im = ax.images[0]
     im.set_data(np.ma.masked_invalid(data))
     im.set_clim(0, vmax)

@@ -98,16 +98,10 @@ class Session:
         hit = self.figures.get(full)
         if hit is None:
             if kept:
-                import base64
+                from reports.figures import FIGURE_LOCK
 
-                from gradio.components.plot import PlotData
-
-                from reports.figures import FIGURE_LOCK, kept_png
-
-                with FIGURE_LOCK:
-                    png = kept_png(make())
-                hit = PlotData(type="matplotlib",
-                               plot="data:image/png;base64," + base64.b64encode(png).decode())
+                with FIGURE_LOCK:  # another thread may update the kept figure once released
+                    hit = encode_kept(make())
             else:
                 hit = encode_figure(make())
             if len(self.figures) >= MAX_CACHED_FIGURES:
@@ -149,6 +143,19 @@ def encode_figure(fig) -> Any:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def encode_kept(fig) -> Any:
+    """The gr.Plot payload of a figure kept for redrawing (reports.figures.kept_png: only the
+    changed parts drawn; the same PNG as `encode_figure`); the figure stays open."""
+    import base64
+
+    from gradio.components.plot import PlotData
+
+    from reports.figures import kept_png
+
+    return PlotData(type="matplotlib",
+                    plot="data:image/png;base64," + base64.b64encode(kept_png(fig)).decode())
 
 
 def cleanup(session: Session | None) -> None:
