@@ -66,8 +66,7 @@ def _json_default(obj):
 
 def _text(name: str, value: str | None) -> None:
     """Command-line text that is not valid UTF-8 arrives with lone surrogates: refuse it here."""
-    from analysis.capture import check_text
-    from models.errors import UserError
+    from models.common import UserError, check_text
 
     if value is not None:
         try:
@@ -105,49 +104,42 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _read_prompts(args) -> list[str]:
-    prompts = [args.prompt] if args.prompt is not None else []
-    if args.prompts:
-        from models.generation import read_prompts_file
-
-        prompts += [p for p, _ in read_prompts_file(args.prompts)]
-    if not prompts or not any(p.strip() for p in prompts):
-        raise CliError("give a non-empty --prompt TEXT or --prompts FILE")
-    return prompts
-
-
 def cmd_analyze(args) -> int:
-    from analysis.run import analyze, summary_json
+    from analysis.result import LAYER_COLUMNS
+    from analysis.run import analyze, continuation_of, summary_json
     from models.loading import load
     from models.predictions import check_top_k
 
     _text("prompt", args.prompt)
     check_top_k(args.top_k)
+    if args.prompt is None or not args.prompt.strip():
+        raise CliError("give a non-empty --prompt TEXT")
     opts = _load_options(args)
-    prompts = _read_prompts(args)
-    result = analyze(args.model, prompts, load=lambda n: load(n, opts), top_k=args.top_k,
-                     ablation=args.head_ablation, seed=args.seed)
+    result = analyze(args.model, [args.prompt], load=lambda n: load(n, opts), top_k=args.top_k,
+                     ablation=args.head_ablation, seed=args.seed, chat_template=args.chat_template)
+    continuations = {}
+    for r in result.results:  # a generation, asked for after the analysis
+        continuations[r.name] = continuation_of(load(r.name, opts), r, seed=args.seed)
     for r in result.results:
         for notice in r.trace.notices:
             print(f"notice ({r.name}): {notice}")
         print(f"{r.name}: {r.trace.n_tokens} tokens, {r.trace.n_layers} layers x "
-              f"{r.trace.n_heads} heads, {r.seconds:.2f} s")
+              f"{r.trace.n_heads} heads, {r.seconds:.2f} s on {r.info.device} ({r.info.dtype})")
         print("  layer  erank     PR  pca95  twonn  act_ent  cos_in  aniso  att_ent")
-        for row in r.layer_metrics:
-            cells = [row[k] for k in ("effective_rank", "participation_ratio",
-                                      "intrinsic_dim_pca95", "intrinsic_dim_twonn",
-                                      "activation_entropy", "cosine_to_input", "anisotropy",
-                                      "attention_entropy")]
-            print(f"  {row['layer']:5d} " + " ".join(_cell(c) for c in cells))
-        if r.predictions.get("predictions"):
-            top = ", ".join(f"{p['token']} {p['probability']:.3f}"
-                            for p in r.predictions["predictions"][:5])
+        for layer in range(r.layers.n_layers + 1):
+            cells = [r.layers.value(k, layer) for k in LAYER_COLUMNS]
+            print(f"  {layer:5d} " + " ".join(_cell(c) for c in cells))
+        if r.predictions is not None and r.predictions.top:
+            top = ", ".join(f"{p.token} {p.probability:.3f}" for p in r.predictions.top[:5])
             print(f"  predictions: {top}")
-    _write_json(args.json, summary_json(result))
+        if continuations.get(r.name):
+            print(f"  continuation: {continuations[r.name]}")
+    _write_json(args.json, summary_json(result, continuations))
     if args.out:
         from reports.bundle import write_bundle
 
-        path = _writing("--out", args.out, lambda: write_bundle(result, args.out))
+        path = _writing("--out", args.out,
+                        lambda: write_bundle(result, args.out, continuations=continuations))
         print(f"bundle: {path}")
     return 0
 
@@ -169,7 +161,8 @@ def cmd_predict(args) -> int:
         raise CliError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     loaded = load(args.model, _load_options(args))
     out = predict(loaded, args.prompt, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-                  temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                  temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                  chat_template=args.chat_template)
     for notice in out.get("notices", []):
         print(f"notice: {notice}")
     for p in out["predictions"]:
@@ -209,7 +202,10 @@ def cmd_generate(args) -> int:
                            "--threshold apply to diffusion models only")
         result = gen.autoregressive_generate(loaded, args.prompt, args.length,
                                              temperature=args.temperature, top_k=args.top_k,
-                                             top_p=args.top_p, seed=args.seed)
+                                             top_p=args.top_p, seed=args.seed,
+                                             stop_at_eos=not args.ignore_eos)
+    elif args.ignore_eos:
+        raise CliError("--ignore-eos applies to autoregressive models only")
     elif args.schedule:
         result = gen.remask_generate(loaded, args.prompt, args.length, args.steps or args.length,
                                      schedule=args.schedule, sampling=args.sampling,
@@ -221,8 +217,13 @@ def cmd_generate(args) -> int:
                                         threshold=args.threshold, temperature=args.temperature,
                                         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                         cfg_scale=args.cfg_scale)
-    print(f"{result.paradigm}: {result.length} tokens in {result.steps} steps, nfe {result.nfe}, "
-          f"{result.seconds:.3f} s, {result.tokens_per_second:.1f} tokens/s")
+    mem = ("n/a: " + result.peak_memory_note if result.peak_memory_mb is None
+           else f"{result.peak_memory_mb:.3f} MB")
+    print(f"{result.paradigm}: {result.generated_tokens} content tokens of {result.positions} "
+          f"positions in {result.steps} steps, nfe {result.nfe} "
+          f"({result.tokens_per_forward_pass:.2f} content tokens per forward pass), "
+          f"{result.seconds:.3f} s, {result.tokens_per_second:.1f} content tokens/s, "
+          f"peak memory {mem}")
     print(f"text: {result.text}")
     _write_json(args.json, result.to_json())
     if args.out:
@@ -243,15 +244,18 @@ def cmd_compare(args) -> int:
     out = gen.compare(load(args.ar, opts), load(args.diffusion, opts), prompts,
                       length=args.length, steps=args.steps, block_length=args.block_length,
                       threshold=args.threshold, temperature=args.temperature, seeds=seeds)
+    print("content = generated tokens before the first end-of-sequence/padding token; "
+          "tok/s and tok/pass count content only; the autoregressive model stops at its EOS")
     print(f"{'paradigm':15s} {'model':16s} {'accuracy':>8s} {'seconds':>8s} {'tok/s':>8s} "
-          f"{'nfe':>6s} {'mem MB':>7s} {'consist.':>8s}")
+          f"{'nfe':>6s} {'tok/pass':>8s} {'mem MB':>7s} {'consist.':>8s}")
     for key in ("autoregressive", "diffusion"):
         r = out[key]
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
-        mem = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.1f}"
+        mem = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.3f}"
         con = "-" if r["consistency"] is None else f"{r['consistency']:.1%}"
         print(f"{key:15s} {r['model']:16s} {acc:>8s} {r['mean_seconds']:8.4f} "
-              f"{r['tokens_per_second']:8.1f} {r['mean_nfe']:6.1f} {mem:>7s} {con:>8s}")
+              f"{r['tokens_per_second']:8.1f} {r['mean_nfe']:6.1f} "
+              f"{r['tokens_per_forward_pass']:8.2f} {mem:>7s} {con:>8s}")
     _write_json(args.json, out)
     return 0
 
@@ -305,12 +309,13 @@ def build_parser() -> Parser:
     p = sub.add_parser("analyze", help="layer and head metrics, predictions, attribution")
     p.add_argument("--model", action="append", required=True, help="registry name (repeatable)")
     p.add_argument("--prompt")
-    p.add_argument("--prompts", metavar="FILE", help="one prompt a line (corpus mode)")
     p.add_argument("--out", metavar="ZIP", help="write the bundle")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--head-ablation", action="store_true",
                    help="per-head attribution by exact ablation instead of gradients")
+    p.add_argument("--chat-template", action="store_true",
+                   help="put the prompt in the model's chat template (for everything analysed)")
     p.add_argument("--seed", type=int, default=0)
     _add_load_flags(p)
     p.set_defaults(func=cmd_analyze)
@@ -323,6 +328,8 @@ def build_parser() -> Parser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat-template", action="store_true",
+                   help="put the prompt in the model's chat template")
     p.add_argument("--json", metavar="PATH")
     _add_load_flags(p)
     p.set_defaults(func=cmd_predict)
@@ -330,7 +337,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("generate", help="diffusion or autoregressive generation with a full trace")
     p.add_argument("--model", required=True)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--length", type=int, required=True, help="tokens to generate")
+    p.add_argument("--length", type=int, required=True,
+                   help="canvas positions: the most tokens to generate")
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: length)")
     p.add_argument("--block-length", type=int, default=None)
     p.add_argument("--strategy", default="low_confidence",
@@ -345,6 +353,9 @@ def build_parser() -> Parser:
     p.add_argument("--schedule", choices=["linear", "cosine", "exponential"], default=None,
                    help="schedule re-masking mode (RoBERTa-as-diffusion) instead of commit mode")
     p.add_argument("--sampling", choices=["greedy", "top_k", "nucleus"], default="greedy")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="autoregressive: write on past the end-of-sequence token up to --length "
+                        "(by default it stops there; content tokens end there either way)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--out", metavar="ZIP", help="trace JSON, step GIF and HTML viewer")

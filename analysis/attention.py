@@ -16,7 +16,43 @@ from analysis.metrics import _row_entropies
 log = logging.getLogger(__name__)
 
 ROLE_NAMES = ("previous_token_score", "first_token_score", "self_score")
+ROLE_THRESHOLD = 0.4  # a head's role is its largest score when that reaches this, else "mixed"
+ROLES = ("previous", "first", "self", "induction", "mixed")
 FEATURE_NAMES = ROLE_NAMES + ("attention_entropy", "mean_distance")
+
+
+def head_roles(previous: np.ndarray, first: np.ndarray, self_: np.ndarray,
+               induction: np.ndarray | None = None, threshold: float = ROLE_THRESHOLD
+               ) -> np.ndarray:
+    """The dominant role of every head, `[layer, head]` strings: previous / first / self /
+    induction, whichever score is largest (ties in that order) when it is at least
+    `threshold`, else "mixed". Undefined (NaN) scores never win."""
+    scores = [previous, first, self_] + ([induction] if induction is not None else [])
+    stack = np.stack([np.asarray(a, dtype=np.float64) for a in scores])  # [role, layer, head]
+    filled = np.where(np.isfinite(stack), stack, -np.inf)
+    best = filled.argmax(axis=0)
+    value = filled.max(axis=0)
+    names = np.array(ROLES[:len(scores)], dtype=object)
+    return np.where(value >= threshold, names[best], "mixed").astype(object)
+
+
+def shared_projection(hidden: np.ndarray) -> np.ndarray:
+    """`hidden  # [layer + 1, token, d_model]` -> `[layer + 1, token, 2]` on one shared basis
+    (the layer-transition view): each layer centred and scaled to unit RMS (late layers with
+    large norms do not dominate), all layers stacked, and the top-2 principal axes of the stack
+    project every layer, so the axes are the same in every frame."""
+    h = np.asarray(hidden, dtype=np.float64)
+    hc = h - h.mean(axis=1, keepdims=True)
+    rms = np.sqrt((hc ** 2).sum(axis=(1, 2), keepdims=True) / max(1, h.shape[1]))
+    hc = hc / np.where(rms > 0, rms, 1.0)
+    stacked = hc.reshape(-1, h.shape[2])
+    if stacked.shape[0] < 2:
+        return np.zeros(h.shape[:2] + (2,))
+    _, _, vt = np.linalg.svd(stacked - stacked.mean(0), full_matrices=False)
+    basis = vt[:2].T
+    if basis.shape[1] < 2:
+        basis = np.pad(basis, ((0, 0), (0, 2 - basis.shape[1])))
+    return hc @ basis
 
 
 def _as_4d(attentions: np.ndarray) -> np.ndarray:

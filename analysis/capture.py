@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.errors import UserError
+from analysis import attention as att_mod
+from models.attention import KWARG, AttentionCall
+from models.attention import NAME as ATTENTION_NAME
+from models.common import UserError, context_limit, prepare_input, token_texts
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +37,15 @@ class Trace:
     # per-head statistics computed during capture: {name: [layer, head]} for STAT_NAMES
     head_stats: dict = field(default_factory=dict)
     attention_file: str | None = None  # the .npy file behind `attentions` when kept on disk
-    # causal models: the forward pass's KV cache, so a greedy continuation needs no second
-    # prefill (analysis.run drops it after use: it is not kept with a result)
-    cache: object = field(default=None, repr=False, compare=False)
     # which positions `logits` holds: those the predictions read (causal: the last; masked
     # models: every mask); None when it holds every position
     logit_rows: list[int] | None = None
     # gradient attribution taken from the capture's own forward pass (see `capture`): position,
     # target, grad_x_input [T], head [layer, head], log_prob; None when not asked or not merged
     gradient: dict | None = field(default=None, repr=False)
+    # True only when layer L could not be read before the model's final norm (no block found)
+    last_layer_normed: bool = False
+    chat_template: bool = False  # token_ids are the prompt inside the model's chat template
 
     def logits_at(self, position: int) -> np.ndarray:
         """The logits [vocab] at token `position` (negative counts from the end)."""
@@ -69,57 +71,19 @@ class Trace:
 
 
 def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
-    """Token strings a person can read: byte-level 'Ġ' and sentencepiece '▁' shown as a space."""
-    out = []
-    for i in ids:
-        tok = tokenizer.convert_ids_to_tokens(int(i))
-        if tok is None:
-            tok = f"<{i}>"
-        tok = tok.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\\n")
-        out.append(tok)
-    return out
+    """Token strings a person can read (models.common.token_texts)."""
+    return token_texts(tokenizer, ids)
 
 
-def encode(loaded, prompt: str, max_tokens: int | None = None) -> tuple[list[int], list[str]]:
-    """Token ids for a prompt (special tokens as the model expects), truncated with a notice."""
-    if prompt is None or not str(prompt).strip():
-        raise UserError("The prompt is empty. Type some text to analyse.")
-    prompt = check_text(str(prompt))
-    tok = loaded.tokenizer
-    mask = getattr(tok, "mask_token", None)
-    if mask and mask != "[MASK]":  # let users type [MASK] for RoBERTa's <mask> and the like
-        prompt = prompt.replace("[MASK]", mask)
-    ids = tok(prompt, add_special_tokens=True)["input_ids"]
-    limit = context_length(loaded)
-    whose = f"the context length of {loaded.name}"
-    if max_tokens is not None and max_tokens < limit:
-        limit, whose = max_tokens, "this server's limit, --max-prompt-tokens"
-    notices = []
-    if len(ids) > limit:
-        notices.append(f"The prompt has {len(ids)} tokens; only the first {limit} were analysed "
-                       f"({whose}).")
-        ids = ids[:limit]
-    return ids, notices
-
-
-def check_text(prompt: str) -> str:
-    """The prompt unchanged when it is valid Unicode text; UserError when it holds undecodable
-    bytes (lone surrogates, e.g. invalid UTF-8 on the command line or \\udcxx in JSON)."""
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UserError(f"The prompt is not valid UTF-8 text (undecodable data at character "
-                        f"{exc.start}); retype it or paste it as plain text.") from None
-    return prompt
+def encode(loaded, prompt: str, max_tokens: int | None = None, chat_template: bool = False
+           ) -> tuple[list[int], list[str]]:
+    """models.common.prepare_input: the ids every part of the analysis reads, and notices."""
+    return prepare_input(loaded, prompt, max_tokens, chat_template)
 
 
 def context_length(loaded) -> int:
-    cfg = loaded.model.config
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return 2048
+    """The most tokens `loaded` takes (models.common.context_limit; 2048 when unknown)."""
+    return context_limit(loaded.model) or 2048
 
 
 # Attention arrays over this size are kept as float16 in a file on disk, not in memory.
@@ -135,8 +99,6 @@ class AttentionStore:
     """
 
     def __init__(self, n_layers: int, n_heads: int, n_tokens: int, causal: bool):
-        from analysis import attention as att_mod
-
         self._att = att_mod
         self.shape = (n_layers, n_heads, n_tokens, n_tokens)
         self.causal = causal
@@ -218,27 +180,6 @@ STAT_NAMES = ("attention_entropy", "previous_token_score", "first_token_score", 
               "mean_distance")
 
 
-def attention_modules(model) -> tuple[list, int] | None:
-    """The modules whose output[index] is a layer's attention weights, in layer order.
-
-    Read from the model's own output-recording declaration (transformers 5); None when a model
-    does not declare one (then the capture asks for output_attentions instead).
-    """
-    spec = (getattr(model, "_can_record_outputs", None) or {}).get("attentions")
-    if spec is None:
-        return None
-    if isinstance(spec, type):
-        cls, index, suffix = spec, 1, None
-    else:
-        cls, index, suffix = spec.target_class, spec.index, spec.layer_name
-    mods = [m for name, m in model.named_modules()
-            if isinstance(m, cls) and (not suffix or name.endswith(suffix))]
-    n_layers = getattr(model.config, "num_hidden_layers", None)
-    if not mods or (n_layers and len(mods) != n_layers):
-        return None
-    return mods, index
-
-
 def prediction_rows(loaded, ids: list[int]) -> list[int]:
     """The positions whose logits the analysis reads: the last (causal models) or every mask
     token (masked and diffusion models); none for encoders."""
@@ -250,16 +191,118 @@ def prediction_rows(loaded, ids: list[int]) -> list[int]:
     return []
 
 
+def activation_bytes(loaded, t: int) -> tuple[int, int]:
+    """Rough bytes a backward pass keeps over `t` tokens: (eager attention, everything else)."""
+    cfg = loaded.model.config
+    n_layers, n_heads = loaded.n_layers, loaded.n_heads
+    attention = 3 * 4 * n_layers * n_heads * t * t  # eager: kept for the backward pass
+    d = int(getattr(cfg, "hidden_size", 0) or 0)
+    d_ff = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d)
+    other = 4 * n_layers * t * (8 * d + 3 * d_ff)  # the rest a block keeps, roughly
+    return attention, other
+
+
+# The capture's forward pass also serves the gradient (one forward pass fewer) while a backward
+# through eager attention keeps at most this much by `activation_bytes` (TinyLlama-1.1B at 512
+# tokens: 3.7 GB estimated, whole analysis measured at 2.6 GB peak over the weights; at 2048
+# tokens far over: a separate pass with fused attention and checkpointing, gradient_attribution).
+MERGED_PASS_MAX = 4 * 2**30
+
+
+def merged_pass_fits(loaded, t: int) -> bool:
+    """Whether the capture of `t` tokens may also serve the gradient: its backward fits
+    MERGED_PASS_MAX and the model runs the dashboard attention (which gates head outputs)."""
+    return (sum(activation_bytes(loaded, t)) <= MERGED_PASS_MAX
+            and loaded.attention == ATTENTION_NAME)
+
+
+def gradient_inputs(loaded, ids):
+    """(input embeddings as a leaf that requires grad, head gates of ones) for `ids  # [1, T]`."""
+    import torch
+
+    embeds = loaded.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    gates = torch.ones(loaded.n_layers, loaded.n_heads, device=ids.device, requires_grad=True)
+    return embeds, gates
+
+
+def backward_attribution(logits_row, embeds, gates, target: int
+                         ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Backward from log p(target) of `logits_row  # [vocab]`: (gradient x input per token,
+    head gradients [layer, head], log p)."""
+    import torch
+
+    with torch.enable_grad():  # the caller's forward pass made the graph; this may run outside
+        logp = torch.log_softmax(logits_row.double(), -1)[target]
+        logp.backward()
+    gxi = (embeds.grad[0] * embeds[0]).sum(-1).detach().double().cpu().numpy()
+    return gxi, gates.grad.detach().double().cpu().numpy(), float(logp.detach())
+
+
+
+class NoAttentionWeights(RuntimeError):
+    """A model returned no attention weights (it was not run with eager attention)."""
+
+
+def output_head(model) -> tuple[str, object | None]:
+    """How the capture gets logits only at the prediction rows, per call and without touching
+    the model: ("keep", None) when its forward takes `logits_to_keep` (transformers' causal LMs),
+    ("head", module) when it is a masked LM whose head can be applied to the backbone's last
+    hidden state (BERT's `cls`, RoBERTa's `lm_head`), else ("all", None)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    if "logits_to_keep" in params:
+        return "keep", None
+    backbone = getattr(model, "base_model", None)
+    if backbone is not None and backbone is not model:
+        for name in ("cls", "lm_head"):
+            head = getattr(model, name, None)
+            if head is not None:
+                return "head", head
+    return "all", None
+
+
+def forward_pass(loaded, ids, rows: list[int], call, embeds=None):
+    """One forward pass with hidden states; logits only at `rows` where the model allows it.
+    Returns (hidden_states tuple, logits [1, len(rows) or T, vocab] or None)."""
+    import torch
+
+    model = loaded.model
+    inputs = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": ids}
+    kwargs = {KWARG: call} if call is not None else {"output_attentions": True}
+    how, head = output_head(model)
+    if how == "head":
+        out = model.base_model(**inputs, output_hidden_states=True, **kwargs)
+        last = out.last_hidden_state
+        logits = head(last[:, rows]) if rows else None
+        return out, logits
+    if how == "keep" and rows:
+        out = model(**inputs, output_hidden_states=True, use_cache=False,
+                    logits_to_keep=torch.tensor(rows, device=ids.device), **kwargs)
+    elif how == "keep":
+        out = model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1,
+                    **kwargs)
+        return out, None
+    else:
+        out = model(**inputs, output_hidden_states=True, **kwargs)
+    logits = getattr(out, "logits", None)
+    if logits is not None and rows and logits.shape[1] == ids.shape[1] and len(rows) != ids.shape[1]:
+        logits = logits[:, rows]
+    return out, (logits if rows else None)
+
+
 def capture(loaded, prompt: str, max_tokens: int | None = None,
             input_ids: list[int] | None = None, gradient: bool = False,
-            logits: bool = True) -> Trace:
+            logits: bool = True, chat_template: bool = False) -> Trace:
     """Run one forward pass with hidden states and attentions and keep them as numpy arrays.
 
-    Attention is taken layer by layer with forward hooks as the pass goes (never all layers at
-    once as float32 tensors), reduced to per-head statistics on the spot and stored (float16
-    on disk when large; see AttentionStore). Logits are computed and kept only at
-    `prediction_rows` (none when ``logits`` is False). ``input_ids`` (already tokenised, e.g.
-    a partly masked diffusion state) bypasses encoding.
+    Holds the model's lock for the pass. Attention is taken layer by layer as the pass goes
+    (models.attention's per-call `record`; never all layers at once as float32 tensors),
+    reduced to per-head statistics on the spot and stored (float16 on disk when large; see
+    AttentionStore). Layer L is block L's output before the final norm (the loader's block
+    hook). Logits are computed and kept only at `prediction_rows` (none when ``logits`` is
+    False). ``input_ids`` (already tokenised, e.g. a partly masked diffusion state) bypasses
+    encoding.
 
     ``gradient``: the same pass also gives the gradient attribution of the prediction at the
     first prediction row (its top token): one backward pass instead of a second forward and
@@ -268,100 +311,70 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
     """
     import torch
 
-    from analysis import attribution as attr
-
     if input_ids is None:
-        ids, notices = encode(loaded, prompt, max_tokens)
+        ids, notices = encode(loaded, prompt, max_tokens, chat_template)
     else:
         ids, notices = list(input_ids), []
-    model = loaded.model
     rows = prediction_rows(loaded, ids) if logits else []
-    merged = bool(gradient and rows and attr.merged_pass_fits(loaded, len(ids)))
+    registered = loaded.attention == ATTENTION_NAME
+    merged = bool(gradient and rows and registered and merged_pass_fits(loaded, len(ids)))
     store = AttentionStore(loaded.n_layers, loaded.n_heads, len(ids), loaded.causal)
-    found = attention_modules(model)
-    handles = []
-    me = threading.get_ident()
-    if found is not None:
-        mods, index = found
-        for layer, mod in enumerate(mods):
-            def hook(module, args, output, layer=layer, index=index):
-                if threading.get_ident() != me:  # another thread's forward pass on this shared
-                    return  # model (a generation, another session): not ours to record
-                w = output[index] if isinstance(output, tuple) and len(output) > index else None
-                if w is None:
-                    raise RuntimeError("attention weights not returned: load the model with "
-                                       "attn_implementation='eager'")
-                store.add(layer, w[0])
-            handles.append(mod.register_forward_hook(hook))
-    x = torch.tensor([ids])
-    if merged:
-        embeds, gates = attr.gradient_inputs(loaded, x)
-        inputs = {"inputs_embeds": embeds}
-    else:
-        inputs = {"input_ids": x}
+    call = None
+    if registered:
+        call = AttentionCall(record=lambda layer, w: store.add(layer, w[0]))
+    x = torch.tensor([ids], device=loaded.torch_device)
+    embeds = None
     try:
-        with ExitStack() as stack:
+        with loaded.lock, ExitStack() as stack:
             if merged:
+                embeds, gates = gradient_inputs(loaded, x)
+                call.gates = gates
                 stack.enter_context(torch.enable_grad())
-                stack.enter_context(attr.head_gates(model, loaded.n_layers, loaded.n_heads, gates))
             else:
                 stack.enter_context(torch.no_grad())
-            stack.enter_context(attr.logit_rows(model, rows, len(ids)))
-            out = model(**inputs, output_hidden_states=True, output_attentions=found is None)
-    except RuntimeError as exc:
+            out, logit_t = forward_pass(loaded, x, rows, call, embeds)
+            if call is None:  # the model's own eager attention: all layers at once
+                if not out.attentions or out.attentions[0] is None:
+                    raise NoAttentionWeights(f"'{loaded.name}' returned no attention weights (it "
+                                             "must run eager attention)")
+                for layer, a in enumerate(out.attentions):
+                    store.add(layer, a[0])
+            attentions = store.finish()
+            grad = None
+            if merged:
+                target = int(logit_t[0, 0].argmax())
+                gxi, head_grad, logp = backward_attribution(logit_t[0, 0], embeds, gates,
+                                                                 target)
+                grad = {"position": rows[0], "target": target, "grad_x_input": gxi,
+                        "head": head_grad, "log_prob": logp}
+    except NoAttentionWeights as exc:
         store.discard()
-        raise UserError(f"'{loaded.name}' gave no attention weights ({exc}).") from None
-    except BaseException:
-        store.discard()
-        raise
-    finally:
-        for h in handles:
-            h.remove()
-    try:
-        if found is None:
-            if not out.attentions or out.attentions[0] is None:
-                raise UserError(f"'{loaded.name}' returned no attention weights (it must be "
-                                "loaded with attn_implementation='eager').")
-            for layer, a in enumerate(out.attentions):
-                store.add(layer, a[0])
-        attentions = store.finish()
+        raise UserError(str(exc)) from None
     except BaseException:
         store.discard()
         raise
     if store.on_disk:
         notices.append(f"The attention array ({np.prod(store.shape) * 4 / 2**20:.0f} MB as "
                        "float32) is kept as float16 on disk.")
-    hidden = np.stack([h[0].detach().float().numpy() for h in out.hidden_states])
-    logits = getattr(out, "logits", None)  # from here on the output's logits tensor
-    if logits is not None and logits.shape[1] == len(ids) and len(rows) != len(ids):
-        logits = logits[:, rows]  # a head the row hook did not reach computed every position
-    grad = None
-    if merged:
-        pos = rows[0]
-        target = int(logits[0, 0].argmax())
-        gxi, head_grad, logp = attr.backward_attribution(logits[0, 0], embeds, gates, target)
-        grad = {"position": pos, "target": target, "grad_x_input": gxi, "head": head_grad,
-                "log_prob": logp}
-    logits = (logits[0].detach().float().numpy() if logits is not None
-              else np.zeros((len(rows), 0), np.float32))
-    if logits.nbytes > ATTENTION_MEMORY_LIMIT:
-        logits = logits.astype(np.float16)
-    cache = getattr(out, "past_key_values", None) if loaded.task == "causal" else None
-    if merged:
-        _detach_cache(cache)
+    states = list(out.hidden_states)
+    last_normed = call is None or call.last_block is None
+    if not last_normed:
+        states[-1] = call.last_block
+    else:
+        notices.append(f"The last layer of '{loaded.name}' could not be read before its final "
+                       "norm: layer L is the model's final (normed) hidden state.")
+    hidden = np.stack([h[0].detach().float().cpu().numpy() for h in states])
+    kept = (logit_t[0].detach().float().cpu().numpy() if logit_t is not None
+            else np.zeros((len(rows), 0), np.float32))
+    if kept.nbytes > ATTENTION_MEMORY_LIMIT:
+        kept = kept.astype(np.float16)
     del out
     return Trace(model=loaded.name, task=loaded.task, prompt=prompt, token_ids=ids,
                  tokens=readable_tokens(loaded.tokenizer, ids), hidden=hidden,
-                 attentions=attentions, logits=logits, causal=loaded.causal, notices=notices,
-                 head_stats=store.stats, attention_file=store.path,
-                 cache=cache, logit_rows=rows, gradient=grad)
+                 attentions=attentions, logits=kept, causal=loaded.causal, notices=notices,
+                 head_stats=store.stats, attention_file=store.path, logit_rows=rows,
+                 gradient=grad, last_layer_normed=last_normed,
+                 chat_template=bool(chat_template and input_ids is None
+                                    and getattr(loaded.tokenizer, "chat_template", None)))
 
 
-def _detach_cache(cache) -> None:
-    """A KV cache made with grad enabled, detached in place (transformers' DynamicCache
-    layers) so a continuation from it keeps no autograd graph alive."""
-    for layer in getattr(cache, "layers", None) or []:
-        for name in ("keys", "values"):
-            value = getattr(layer, name, None)
-            if value is not None and hasattr(value, "detach"):
-                setattr(layer, name, value.detach())

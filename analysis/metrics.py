@@ -159,16 +159,10 @@ def _two_nearest(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def intrinsic_dim_twonn(h: np.ndarray) -> float | None:
-    """TwoNN intrinsic dimension (Facco et al. 2017) of the rows of `h  # [token, d_model]`.
-
-    Identical rows are merged first. For each point, r1 and r2 are the Euclidean distances to
-    its two nearest other points and mu = r2 / r1. The mu are sorted, the largest 10% dropped,
-    and the empirical CDF of the i-th kept value is F = i / N (i = 1.., N = all distinct points
-    before dropping, as in Facco's code). The estimate is the least-squares slope through the
-    origin of -log(1 - F) on log(mu). None with fewer than 10 distinct rows, or when every kept
-    mu is 1 (the slope is undefined).
-    """
+def twonn_ratios(h: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(mu = r2 / r1 of every distinct row with r1 > 0, N = number of distinct rows) for TwoNN,
+    `h  # [token, d_model]`; None with fewer than 10 distinct rows. Identical rows are merged
+    first: their r1 would be 0."""
     raw = np.asarray(h)
     if raw.ndim != 2:
         raise ValueError(f"h must be 2-D [token, d_model], got shape {raw.shape}")
@@ -186,7 +180,13 @@ def intrinsic_dim_twonn(h: np.ndarray) -> float | None:
         return None
     r = _two_nearest(x)
     ok = r[:, 0] > 0
-    mu = np.sort(r[ok, 1] / r[ok, 0])
+    return r[ok, 1] / r[ok, 0], n
+
+
+def twonn_fit(mu: np.ndarray, n: int) -> float | None:
+    """The TwoNN slope from the ratios `mu` of `n` points: sort, drop the largest 10%, F = i / n,
+    least-squares slope through the origin of -log(1 - F) on log(mu); None when undefined."""
+    mu = np.sort(np.asarray(mu, dtype=np.float64))
     n_keep = min(int(math.floor(n * (1.0 - _TWONN_DISCARD))), mu.size)
     if n_keep < 1:
         return None
@@ -199,17 +199,57 @@ def intrinsic_dim_twonn(h: np.ndarray) -> float | None:
     return float(np.dot(xs, ys) / denom)
 
 
+def intrinsic_dim_twonn(h: np.ndarray) -> float | None:
+    """TwoNN intrinsic dimension (Facco et al. 2017) of the rows of `h  # [token, d_model]`.
+
+    Identical rows are merged first. For each point, r1 and r2 are the Euclidean distances to
+    its two nearest other points and mu = r2 / r1. The mu are sorted, the largest 10% dropped,
+    and the empirical CDF of the i-th kept value is F = i / N (i = 1.., N = all distinct points
+    before dropping, as in Facco's code). The estimate is the least-squares slope through the
+    origin of -log(1 - F) on log(mu). None with fewer than 10 distinct rows, or when every kept
+    mu is 1 (the slope is undefined).
+    """
+    found = twonn_ratios(h)
+    return None if found is None else twonn_fit(*found)
+
+
+TWONN_BOOTSTRAP = 200  # resamples for the TwoNN interval
+# Below this many distinct token rows a TwoNN estimate is flagged unreliable wherever it is
+# shown: at 24 points with true dimension 10, 90% of estimates fall in [5.8, 12.2].
+TWONN_RELIABLE_TOKENS = 100
+
+
+def twonn_interval(mu: np.ndarray, n: int, level: float = 0.95, n_boot: int = TWONN_BOOTSTRAP,
+                   seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the TwoNN estimate: the points' ratios `mu` resampled
+    with replacement (`n_boot` times, numpy default_rng(seed)) and refitted. Resampling the
+    ratios, not the rows, keeps each point's measured neighbours; it shows the spread of the
+    fit, which dominates at prompt lengths. None when fewer than 3 resamples give a slope."""
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = mu[rng.integers(0, mu.size, size=(n_boot, mu.size))]
+    fits = [v for v in (twonn_fit(row, n) for row in draws) if v is not None]
+    if len(fits) < 3:
+        return None
+    lo, hi = np.percentile(fits, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
 def activation_entropy(h: np.ndarray) -> float | None:
     """Normalised von Neumann entropy of the token Gram matrix of `h  # [token, d_model]`.
 
     Z = rows of the centred matrix scaled to unit length (rows of zero norm dropped),
-    K = Z Z^T, lambda = eig(K) / trace(K), S = -sum lambda log lambda / log(min(T, d)),
-    in [0, 1], with T counting every token. eig(Z Z^T) is taken as the squared singular
-    values of Z. None with fewer than 2 usable rows.
+    K = Z Z^T, lambda = eig(K) / trace(K), S = -sum lambda log lambda / log(min(T - 1, d)),
+    in [0, 1], with T counting every token. Centring leaves rank at most T - 1, so that is the
+    largest entropy T tokens can reach: a regular simplex (T one-hot rows) gives exactly 1.
+    eig(Z Z^T) is taken as the squared singular values of Z. None with fewer than 3 tokens
+    (log(min(T - 1, d)) = 0) or fewer than 2 usable rows.
     """
     m = _as_matrix(h)
     t, d = m.shape
-    if t < 2:
+    if t < 3:
         return None
     hc = m - m.mean(axis=0, keepdims=True)
     norms = np.linalg.norm(hc, axis=1)
@@ -221,7 +261,7 @@ def activation_entropy(h: np.ndarray) -> float | None:
     z = hc[keep] / norms[keep, None]
     lam = _gram_eigenvalues(z)
     lam = lam / lam.sum()
-    denom = math.log(min(t, d))
+    denom = math.log(min(t - 1, d))
     if denom <= 0.0:  # d == 1: a single direction, no spread
         return 0.0
     s = -float(np.sum(xlogy(lam, lam))) / denom
@@ -308,28 +348,6 @@ def layer_attention_entropy(att: np.ndarray, causal: bool) -> float | None:
     return float(np.nanmean(e, axis=1).mean())
 
 
-def _pooled_layer_attention_entropy(per_segment: Sequence[np.ndarray], causal: bool
-                                    ) -> float | None:
-    """Corpus mode: each head's rows pooled over segments, then mean over heads.
-
-    `per_segment`: one `[head, query, key]` array per segment (same head count).
-    """
-    sums: np.ndarray | None = None
-    counts = 0
-    for att in per_segment:
-        e = _row_entropies(att, causal)  # [head, query]; NaN rows (n_i == 1) same in all heads
-        if e.size == 0:
-            continue
-        e = e[:, ~np.isnan(e[0])]
-        if e.shape[1] == 0:
-            continue
-        sums = e.sum(axis=1) if sums is None else sums + e.sum(axis=1)
-        counts += e.shape[1]
-    if sums is None or counts == 0:
-        return None
-    return float((sums / counts).mean())
-
-
 def _clean(v: float | int | None) -> float | int | None:
     """Python number, or None for None / NaN / infinity."""
     if v is None:
@@ -340,33 +358,20 @@ def _clean(v: float | int | None) -> float | int | None:
     return v if math.isfinite(v) else None
 
 
-def _segment_attentions(attentions, layer: int, segments: list[tuple[int, int]]
-                        ) -> list[np.ndarray]:
-    """Per-segment `[head, query, key]` arrays of block `layer` (1-based) in corpus mode."""
-    if isinstance(attentions, np.ndarray) and attentions.ndim == 4:
-        raise ValueError("with segments, attentions must be one [layer, head, query, key] "
-                         "array per segment (a list), not one pooled array")
-    if len(attentions) != len(segments):
-        raise ValueError(f"{len(segments)} segments but {len(attentions)} attention arrays")
-    return [np.asarray(att)[layer - 1][:, :e - s, :e - s]
-            for (s, e), att in zip(segments, attentions, strict=True)]
+LAYER_METRIC_NAMES = ("effective_rank", "participation_ratio", "intrinsic_dim_pca95",
+                      "intrinsic_dim_twonn", "activation_entropy", "cosine_to_input", "anisotropy",
+                      "attention_entropy", "intrinsic_dim_twonn_ci_low",
+                      "intrinsic_dim_twonn_ci_high")
 
 
-def layer_metrics(hidden: np.ndarray, attentions, causal: bool,
-                  segments: list[tuple[int, int]] | None = None,
-                  attention_entropy: Sequence[float | None] | None = None) -> list[dict]:
-    """One dict per layer 0..L of every metric in design.md; values are python numbers or None.
+def layer_metrics(hidden: np.ndarray, attentions=None, causal: bool = False,
+                  attention_entropy: Sequence[float | None] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Every metric of docs/reference.md for every layer: {name: float64 array [layer + 1]},
+    NaN where undefined (analysis.result.LayerMetrics takes it as it is).
 
     `hidden  # [layer + 1, token, d_model]` (layer 0 = embeddings).
-    `attentions  # [layer, head, query, key]`; "attention_entropy" is None on layer 0.
-
-    Corpus mode (`segments` given, rows [start, end) of `hidden` belong to one prompt):
-    the representation metrics use all rows pooled (as one matrix); `attentions` is then a list
-    with one `[layer, head, query, key]` array per segment (only its first end - start
-    queries/keys are read, so right padding is ignored).
-    Each head's entropy is the mean over all kept rows of all segments; the layer value is
-    the mean over heads, as for a single prompt.
-
+    `attentions  # [layer, head, query, key]`; "attention_entropy" is NaN on layer 0.
     `attention_entropy` (one value per block 1..L), when given, replaces the computation from
     `attentions` (the capture computes it layer by layer as the forward pass goes).
     """
@@ -376,12 +381,12 @@ def layer_metrics(hidden: np.ndarray, attentions, causal: bool,
     n_layers = hid.shape[0] - 1
     if attention_entropy is not None and len(attention_entropy) != n_layers:
         raise ValueError(f"{len(attention_entropy)} attention entropies for {n_layers} layers")
-    if attention_entropy is None and not segments and np.asarray(attentions).shape[0] != n_layers:
+    if attention_entropy is None and np.asarray(attentions).shape[0] != n_layers:
         raise ValueError(f"attentions has {np.asarray(attentions).shape[0]} layers, "
                          f"hidden has {n_layers} + 1")
+    out = {name: np.full(n_layers + 1, np.nan) for name in LAYER_METRIC_NAMES}
     h0 = hid[0]
     t = hid.shape[1]
-    rows = []
     for layer in range(n_layers + 1):
         m = np.asarray(hid[layer], dtype=np.float64)
         s = _centred_singular_values(m) if t >= 2 else None
@@ -389,22 +394,26 @@ def layer_metrics(hidden: np.ndarray, attentions, causal: bool,
             att_ent = None
         elif attention_entropy is not None:
             att_ent = attention_entropy[layer - 1]
-        elif segments:
-            att_ent = _pooled_layer_attention_entropy(
-                _segment_attentions(attentions, layer, list(segments)), causal)
         else:
             att_ent = layer_attention_entropy(attentions[layer - 1], causal)
-        row = {
-            "layer": layer,
+        ratios = twonn_ratios(m)
+        twonn = None if ratios is None else twonn_fit(*ratios)
+        ci = None if twonn is None else twonn_interval(*ratios)
+        values = {
             "effective_rank": None if s is None else _erank_from_s(s),
             "participation_ratio": None if s is None else _pr_from_s(s, t),
             "intrinsic_dim_pca95": None if s is None else _pca_dim_from_s(s),
-            "intrinsic_dim_twonn": intrinsic_dim_twonn(m),
+            "intrinsic_dim_twonn": twonn,
             "activation_entropy": activation_entropy(m),
             "cosine_to_input": cosine_to_input(m, h0),
             "anisotropy": anisotropy(m),
             "attention_entropy": att_ent,
+            "intrinsic_dim_twonn_ci_low": None if ci is None else ci[0],
+            "intrinsic_dim_twonn_ci_high": None if ci is None else ci[1],
         }
-        rows.append({k: (v if k == "layer" else _clean(v)) for k, v in row.items()})
-        log.debug("layer %d metrics: %s", layer, rows[-1])
-    return rows
+        for name, v in values.items():
+            v = _clean(v)
+            if v is not None:
+                out[name][layer] = v
+        log.debug("layer %d metrics: %s", layer, values)
+    return out

@@ -1,12 +1,16 @@
-"""The whole analysis of one or more models on a prompt (or a corpus of prompts)."""
+"""The whole analysis of one or more models on one prompt: capture, every layer and head
+metric, predictions, attribution and logit lens, as the typed `ModelResult`.
+
+The result is finished when `analyze` returns. A causal model's greedy continuation is a
+generation, not part of the analysis: callers ask for it with `continuation_of` (the CLI and the
+page do, and pass it to the JSON and bundle writers beside the analysis).
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
@@ -15,67 +19,32 @@ from analysis import attention as att_mod
 from analysis import attribution as attr_mod
 from analysis import metrics as met
 from analysis.capture import Trace, capture
-from analysis.result import Analysis, ModelResult
-from models.errors import UserError
+from analysis.result import (
+    Analysis,
+    HeadMetrics,
+    LayerMetrics,
+    LogitLens,
+    ModelInfo,
+    ModelResult,
+    TokenAttribution,
+)
+from models import predictions as pred_mod
+from models.common import UserError
 
 log = logging.getLogger(__name__)
 
 INDUCTION_PERIOD = 10
 
 
-# Below this many parameters a model runs fastest on one thread: its matrices are tiny, and on
-# a busy machine every multi-threaded (OpenMP/BLAS) region waits for a second core to be
-# scheduled. Measured on the 2-core box under load: tiny-gpt2 analysis 5.1 s -> 0.09 s,
-# all-MiniLM-L6 (23 M parameters) 2.9 s -> 0.13 s.
-SINGLE_THREAD_MAX_PARAMS = 50_000_000
-
-
-@contextmanager
-def compute_threads(params: int | None):
-    """One thread for torch/BLAS/OpenMP while analysing small models; the default otherwise."""
-    if params is None or params > SINGLE_THREAD_MAX_PARAMS:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        yield
-
-
-def pool_traces(traces: list[Trace]) -> Trace:
-    """Corpus mode: token rows of all prompts stacked per layer; attention block-diagonal."""
-    if len(traces) == 1:
-        return traces[0]
-    lengths = [t.n_tokens for t in traces]
-    total = sum(lengths)
-    first = traces[0]
-    attn = np.zeros((first.n_layers, first.n_heads, total, total), dtype=np.float32)
-    segments, start = [], 0
-    for t, n in zip(traces, lengths, strict=True):
-        attn[:, :, start:start + n, start:start + n] = t.attentions
-        segments.append((start, start + n))
-        start += n
-    return Trace(model=first.model, task=first.task, prompt="\n".join(t.prompt for t in traces),
-                 token_ids=[i for t in traces for i in t.token_ids],
-                 tokens=[s for t in traces for s in t.tokens],
-                 hidden=np.concatenate([t.hidden for t in traces], axis=1),
-                 attentions=attn, logits=np.concatenate([t.logits for t in traces], axis=0),
-                 causal=first.causal, notices=[n for t in traces for n in t.notices],
-                 segments=segments,
-                 logit_rows=[s + r for t, (s, _) in zip(traces, segments, strict=True)
-                             for r in (t.logit_rows if t.logit_rows is not None
-                                       else range(t.n_tokens))])
-
-
-def layer_metrics_of(trace: Trace) -> list[dict]:
-    if trace.segments:
-        per_segment = [trace.attentions[:, :, s:e, s:e] for s, e in trace.segments]
-        return met.layer_metrics(trace.hidden, per_segment, trace.causal, trace.segments)
-    if trace.head_stats:  # computed during the forward pass, the same formula
-        ent = trace.head_stats["attention_entropy"]
+def layer_metrics_of(trace: Trace) -> LayerMetrics:
+    """Every layer metric of a capture (the attention entropies come from its per-head
+    statistics, computed during the forward pass with the same formula)."""
+    ent = trace.head_stats.get("attention_entropy") if trace.head_stats else None
+    if ent is not None:
         per_layer = [None if np.isnan(row).all() else float(np.nanmean(row)) for row in ent]
-        return met.layer_metrics(trace.hidden, None, trace.causal, attention_entropy=per_layer)
-    return met.layer_metrics(trace.hidden, trace.attentions, trace.causal)
+        return LayerMetrics(**met.layer_metrics(trace.hidden, None, trace.causal,
+                                                attention_entropy=per_layer))
+    return LayerMetrics(**met.layer_metrics(trace.hidden, trace.attentions, trace.causal))
 
 
 def word_pool(tokenizer) -> list[int]:
@@ -91,30 +60,14 @@ def word_pool(tokenizer) -> list[int]:
     return words if len(words) >= 4 * INDUCTION_PERIOD else ids
 
 
-def trained_copy_words(loaded) -> list[int] | None:
-    """Single-token ids of the words an embedded model was trained to copy, else None.
-
-    The embedded models saw repeated random sequences of models.corpus.POOL only (their
-    training.json's corpus_config; "repeat_pool" absent means POOL). Their induction heads work
-    on those words and not on the rest of the vocabulary (tiny-llama: 98% of a third copy of a
-    POOL sequence predicted, 2% for other corpus words), so they are probed on POOL words.
-    """
-    import json
-    from pathlib import Path
-
-    from models.corpus import POOL
-
-    if loaded.entry.family != "embedded":
-        return None
-    try:
-        facts = json.loads((Path(loaded.entry.source) / "training.json").read_text())
-    except (OSError, ValueError):
-        return None
-    corpus = facts.get("corpus_config") or {}
-    if not corpus.get("repeats") or corpus.get("repeat_pool", "pool") != "pool":
-        return None
+def probe_words(loaded) -> list[int] | None:
+    """Single-token ids of the words the model's registry entry names as its copying vocabulary
+    (`ModelEntry.probe_words`: the embedded models were trained to copy repeated sequences of
+    models.corpus.POOL only, and their induction heads work on those words and not on the rest
+    of the vocabulary), else None."""
+    words = getattr(loaded.entry, "probe_words", ()) or ()
     ids = []
-    for word in POOL:
+    for word in words:
         piece = loaded.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
         if len(piece) == 1:
             ids.append(piece[0])
@@ -124,20 +77,19 @@ def trained_copy_words(loaded) -> list[int] | None:
 def induction_probe(loaded) -> tuple[list[int], str]:
     """The token ids the induction probe draws from, and a sentence saying which they are
     (computed once per loaded model)."""
-    if "induction_probe" not in loaded.derived:
-        loaded.derived["induction_probe"] = _induction_probe(loaded)
-    ids, text = loaded.derived["induction_probe"]
+    if "induction_probe" not in loaded.memo:
+        trained = probe_words(loaded)
+        if trained is not None:
+            text = (f"Induction scores: probed with the {len(trained)} words {loaded.name} was "
+                    "trained to copy (its registry entry's probe words); its copying does not "
+                    "extend to the rest of its vocabulary.")
+            loaded.memo["induction_probe"] = (trained, text)
+        else:
+            pool = word_pool(loaded.tokenizer)
+            loaded.memo["induction_probe"] = (pool, "Induction scores: probed with random tokens "
+                                              f"from {len(pool)} whole-word tokens.")
+    ids, text = loaded.memo["induction_probe"]
     return list(ids), text
-
-
-def _induction_probe(loaded) -> tuple[list[int], str]:
-    trained = trained_copy_words(loaded)
-    if trained is not None:
-        return trained, (f"Induction scores: probed with the {len(trained)} words {loaded.name} "
-                         "was trained to copy (models/corpus.py POOL); its copying does not "
-                         "extend to the rest of its vocabulary.")
-    pool = word_pool(loaded.tokenizer)
-    return pool, f"Induction scores: probed with random tokens from {len(pool)} whole-word tokens."
 
 
 def induction_scores(loaded, seed: int = 0, pool: list[int] | None = None) -> np.ndarray:
@@ -146,8 +98,8 @@ def induction_scores(loaded, seed: int = 0, pool: list[int] | None = None) -> np
     layout). They depend on the model and seed only, not on the prompt: computed once per
     loaded model and seed (the default pool) and reused by later analyses."""
     key = ("induction", seed, INDUCTION_PERIOD)
-    if pool is None and key in loaded.derived:
-        return loaded.derived[key].copy()
+    if pool is None and key in loaded.memo:
+        return loaded.memo[key].copy()
     tok = loaded.tokenizer
     prefix = tok("", add_special_tokens=True)["input_ids"][:1]  # BOS / [CLS] if the model uses one
     probe = pool if pool is not None else induction_probe(loaded)[0]
@@ -157,194 +109,172 @@ def induction_scores(loaded, seed: int = 0, pool: list[int] | None = None) -> np
     trace = capture(loaded, "", input_ids=ids, logits=False)
     scores = att_mod.induction_score(trace.attentions, INDUCTION_PERIOD)
     if pool is None:
-        loaded.derived[key] = scores.copy()
+        loaded.memo[key] = scores.copy()
     return scores
 
 
-def analyze_model(loaded, prompts: list[str], top_k: int = 5, ablation: bool = False,
-                  seed: int = 0, max_tokens: int | None = None,
-                  gradients: bool = True, continuation_tokens: int = 12,
-                  input_ids: list[int] | None = None,
-                  defer_continuation: bool = False) -> ModelResult:
-    """Capture, every layer and head metric, predictions, attribution and logit lens.
+def analyze_model(loaded, prompts: list[str] | str, top_k: int = 5, ablation: bool = False,
+                  seed: int = 0, max_tokens: int | None = None, gradients: bool = True,
+                  input_ids: list[int] | None = None, chat_template: bool = False
+                  ) -> ModelResult:
+    """Capture, every layer and head metric, predictions, attribution and logit lens of one
+    prompt (`prompts`: the prompt, or a list holding it).
 
-    `input_ids` (one prompt only) analyses exactly these token ids, e.g. a diffusion model's
-    partly masked sequence, instead of re-tokenising the prompt text.
-
-    `defer_continuation`: a causal model's greedy continuation (a generation: one more forward
-    pass per token) is not written now; the result keeps the capture's KV cache and
-    predictions["continuation_pending"], and `finish_continuation` writes the text later (the
-    app shows the analysis first and the continuation after it)."""
-    from models import predictions as pred_mod
-
+    `input_ids` analyses exactly these token ids, e.g. a diffusion model's partly masked
+    sequence, instead of tokenising the prompt text. `ablation`: per-head attribution by exact
+    ablation (one pass per head) instead of the gradient estimate."""
     t0 = time.perf_counter()
+    prompt = _one_prompt(prompts)
+    trace = capture(loaded, prompt, max_tokens, input_ids=input_ids, gradient=gradients,
+                    chat_template=chat_template)
+    layers = layer_metrics_of(trace)
+    if trace.n_tokens < met.TWONN_RELIABLE_TOKENS and np.isfinite(layers.intrinsic_dim_twonn).any():
+        trace.notices.append(
+            f"TwoNN intrinsic dimension from {trace.n_tokens} tokens is unreliable (below "
+            f"{met.TWONN_RELIABLE_TOKENS} tokens it is mostly noise): read its 95% interval, or "
+            "measure a dataset (analyze --dataset).")
+    predictions = _predictions(loaded, trace, top_k)
+    target = attr_mod.target_for(trace, loaded.tokenizer.mask_token_id)
+    attribution, support = None, None
+    if target is not None:
+        attribution, support = _attribution(loaded, trace, target, gradients, ablation)
+    trace.gradient = None  # kept in the attribution
+    heads = _head_metrics(loaded, trace, support, "ablation" if ablation else "gradient", seed)
+    lens = None
+    parts = attr_mod.logit_lens(loaded, trace.hidden, loaded.tokenizer,
+                                include=list(trace.logit_rows or []),
+                                final_is_normed=trace.last_layer_normed)
+    if parts["top_tokens"]:
+        lens = LogitLens(parts["positions"], parts["predicted"], parts["top_ids"],
+                         parts["top_tokens"], parts["top_probs"])
+    return ModelResult(trace=trace, layers=layers, heads=heads, info=model_info(loaded),
+                       predictions=predictions, attribution=attribution, lens=lens,
+                       hidden_projection=att_mod.shared_projection(trace.hidden),
+                       seconds=time.perf_counter() - t0)
+
+
+def _one_prompt(prompts: list[str] | str) -> str:
+    if isinstance(prompts, str):
+        prompts = [prompts]
     prompts = [p for p in prompts if p and p.strip()]
     if not prompts:
         raise UserError("The prompt is empty. Type some text to analyse.")
-    if input_ids is not None:
-        if len(prompts) != 1:
-            raise UserError("Token ids can be given for one prompt only.")
-        traces = [capture(loaded, prompts[0], max_tokens, input_ids=list(input_ids),
-                          gradient=gradients)]
-    else:
-        traces = []
-        for p in prompts:  # only the first prompt is explained (gradient, continuation)
-            t = capture(loaded, p, max_tokens, gradient=gradients and not traces)
-            if traces:
-                t.cache = None
-            traces.append(t)
-    trace = traces[0]
-    pooled = pool_traces(traces)
-    layers = layer_metrics_of(pooled)
+    if len(prompts) > 1:
+        raise UserError("One prompt at a time; to measure many texts use dataset mode "
+                        "(analyze --dataset FILE).")
+    return prompts[0]
 
-    # heads: entropy, roles, clusters, induction
-    roles = trace.head_stats
-    entropy = roles["attention_entropy"]
-    labels, projection = att_mod.cluster_features(att_mod.features_from_stats(roles), seed=seed)
-    probe_text = induction_probe(loaded)[1]
-    induction = induction_scores(loaded, seed)
 
-    # predictions, attribution, logit lens
-    target = attr_mod.target_for(trace, loaded.tokenizer.mask_token_id)
-    predictions: dict = {"model": loaded.name, "task": loaded.task, "prompt": trace.prompt,
-                         "predictions": [], "text": ""}
+def _predictions(loaded, trace: Trace, top_k: int):
     if loaded.task in ("fill-mask", "diffusion"):
-        if target is not None:
-            predictions = pred_mod.fill_mask_from_logits(loaded, trace.prompt, trace.token_ids,
-                                                         trace.logits, top_k, trace.logit_rows)
-        else:
+        if not trace.logit_rows:
             trace.notices.append(f"No {loaded.tokenizer.mask_token} in the prompt: "
                                  "no mask prediction or attribution.")
-    elif loaded.task == "causal":
-        predictions = pred_mod.next_token_from_logits(loaded, trace.prompt, trace.logits, top_k)
-        if continuation_tokens and defer_continuation and trace.cache is not None:
-            predictions["continuation_pending"] = int(continuation_tokens)
-        elif continuation_tokens:
-            predictions["text"] = pred_mod.continuation(loaded, trace.prompt,
-                                                        max_new_tokens=continuation_tokens, seed=seed,
-                                                        trace=trace)
-    if not predictions.get("continuation_pending"):
-        trace.cache = None  # not kept with the result (memory)
-    head_attr = np.zeros((trace.n_layers, trace.n_heads))
-    token_attr: dict = {}
-    if target is not None:
-        pos, tid = target
-        rollout = attr_mod.rollout_row(trace.attentions, pos)
-        token_attr = {"target": loaded.tokenizer.decode([tid]).strip(), "position": pos,
-                      "rollout": rollout.tolist(), "grad_x_input": [], "log_prob": None,
-                      "head_method": "gradient"}
-        if gradients:
-            g = trace.gradient  # from the capture's own pass when that fitted in memory
-            if g is not None and (g["position"], g["target"]) == (pos, tid):
-                gxi, head_grad, logp = g["grad_x_input"], g["head"], g["log_prob"]
-            else:
-                gxi, head_grad, logp = attr_mod.gradient_attribution(loaded, trace.token_ids,
-                                                                     pos, tid)
-            token_attr["grad_x_input"] = gxi.tolist()
-            token_attr["log_prob"] = logp
-            head_attr = head_grad
-        if ablation:
-            head_attr = attr_mod.head_ablation(loaded, trace.token_ids, pos, tid)
-            token_attr["head_method"] = "ablation"
-    trace.gradient = None  # kept in token_attr and head_attr
-    lens = attr_mod.logit_lens(loaded, trace.hidden, loaded.tokenizer)
+            return None
+        return pred_mod.fill_mask(loaded, trace.prompt, trace.token_ids, trace.logits, top_k,
+                                  trace.logit_rows, trace.chat_template)
+    if loaded.task == "causal":
+        return pred_mod.next_token(loaded, trace.prompt, trace.logits, top_k, trace.chat_template)
+    return None
 
-    heads = []
-    for layer in range(trace.n_layers):
-        for head in range(trace.n_heads):
-            i = layer * trace.n_heads + head
-            heads.append({"layer": layer + 1, "head": head,
-                          "attention_entropy": _f(entropy[layer, head]),
-                          "cluster": int(labels[i]),
-                          "previous_token_score": _f(roles["previous_token_score"][layer, head]),
-                          "first_token_score": _f(roles["first_token_score"][layer, head]),
-                          "self_score": _f(roles["self_score"][layer, head]),
-                          "induction_score": _f(induction[layer, head]),
-                          "attribution": _f(head_attr[layer, head]) if target else None})
+
+def _attribution(loaded, trace: Trace, target: tuple[int, int], gradients: bool, ablation: bool
+                 ) -> tuple[TokenAttribution, np.ndarray | None]:
+    """Token attribution of the target and each head's support for it ([layer, head])."""
+    pos, tid = target
+    attribution = TokenAttribution(loaded.tokenizer.decode([tid]).strip(), tid, pos,
+                                   attr_mod.rollout_row(trace.attentions, pos))
+    support = None
+    if gradients:
+        g = trace.gradient  # from the capture's own pass when that fitted in memory
+        if g is not None and (g["position"], g["target"]) == (pos, tid):
+            gxi, support, logp = g["grad_x_input"], g["head"], g["log_prob"]
+        else:
+            gxi, support, logp = attr_mod.gradient_attribution(loaded, trace.token_ids, pos, tid)
+        attribution.grad_x_input, attribution.log_prob = np.asarray(gxi), float(logp)
+    if ablation:
+        support = attr_mod.head_ablation(loaded, trace.token_ids, pos, tid)
+    return attribution, support
+
+
+def _head_metrics(loaded, trace: Trace, support: np.ndarray | None, method: str, seed: int
+                  ) -> HeadMetrics:
+    stats = trace.head_stats
+    labels, projection = att_mod.cluster_features(att_mod.features_from_stats(stats), seed=seed)
+    induction = induction_scores(loaded, seed)
+    shape = stats["attention_entropy"].shape
+    return HeadMetrics(
+        attention_entropy=stats["attention_entropy"],
+        previous_token_score=stats["previous_token_score"],
+        first_token_score=stats["first_token_score"], self_score=stats["self_score"],
+        mean_distance=stats["mean_distance"], induction_score=induction,
+        cluster=np.asarray(labels, dtype=np.int64).reshape(shape),
+        role=att_mod.head_roles(stats["previous_token_score"], stats["first_token_score"],
+                                stats["self_score"], induction),
+        projection=projection, attribution=support, attribution_method=method)
+
+
+def model_info(loaded) -> ModelInfo:
     cfg = loaded.model.config
-    source = {"name": loaded.name, "source": loaded.entry.source, "family": loaded.entry.family,
-              "revision": getattr(cfg, "_commit_hash", None), "class": type(loaded.model).__name__,
-              "n_layers": loaded.n_layers, "n_heads": loaded.n_heads,
-              "hidden_size": int(cfg.hidden_size), "params": loaded.params,
-              "induction_probe": probe_text}
-    return ModelResult(trace=trace, layer_metrics=layers, head_metrics=heads,
-                       head_projection=projection, predictions=predictions,
-                       token_attribution=token_attr, head_attribution=head_attr, logit_lens=lens,
-                       induction=induction, seconds=time.perf_counter() - t0, source=source,
-                       pooled=pooled if len(traces) > 1 else None)
+    return ModelInfo(name=loaded.name, source=loaded.entry.source, family=loaded.entry.family,
+                     cls=type(loaded.model).__name__, n_layers=loaded.n_layers,
+                     n_heads=loaded.n_heads, hidden_size=int(cfg.hidden_size),
+                     params=loaded.params, revision=getattr(cfg, "_commit_hash", None),
+                     device=loaded.device, dtype=loaded.dtype, attention=loaded.attention,
+                     placement=loaded.placement, induction_probe=induction_probe(loaded)[1])
 
 
-_CONTINUATION_LOCK = threading.Lock()
-
-
-def finish_continuation(loaded, result: ModelResult) -> bool:
-    """Write a deferred greedy continuation (see analyze_model) into result.predictions["text"]
-    from the kept KV cache, then drop the cache. False when none was pending (already written,
-    or never deferred); safe to call from several threads."""
-    from models import predictions as pred_mod
-
-    with _CONTINUATION_LOCK:
-        pending = (result.predictions or {}).get("continuation_pending")
-        if not pending:
-            return False
-        try:
-            result.predictions["text"] = pred_mod.continuation(
-                loaded, result.trace.prompt, max_new_tokens=int(pending), trace=result.trace)
-        finally:
-            result.predictions.pop("continuation_pending", None)
-            result.trace.cache = None
-        return True
-
-
-def _f(x) -> float | None:
-    if x is None:
+def continuation_of(loaded, result: ModelResult, max_new_tokens: int = 12, seed: int = 0
+                    ) -> str | None:
+    """The greedy continuation of exactly the analysed ids (a causal model's), else None: a
+    generation the caller asks for after the analysis."""
+    if loaded.task != "causal":
         return None
-    x = float(x)
-    return x if np.isfinite(x) else None
+    return pred_mod.continuation(loaded, result.trace.prompt, max_new_tokens=max_new_tokens,
+                                 seed=seed, ids=result.trace.token_ids)
 
 
-def analyze(models: list[str], prompts: list[str], load: Callable | None = None,
+def analyze(models: list[str], prompts: list[str] | str, load: Callable | None = None,
             progress: Callable[[float, str], None] | None = None, **kwargs) -> Analysis:
-    """Analyse each model on the same prompt(s). `load(name)` returns a Loaded model."""
+    """Analyse each model on the same prompt. `load(name)` returns a Loaded model."""
     from models.loading import load as default_load
 
     load = load or default_load
     if not models:
         raise UserError("Choose at least one model.")
-    if len(set(models)) != len(models):
-        models = list(dict.fromkeys(models))
+    models = list(dict.fromkeys(models))
+    prompt = _one_prompt(prompts)
     results = []
     for i, name in enumerate(models):
         if progress:
             progress(i / len(models), f"analysing {name}")
-        loaded = load(name)
-        with compute_threads(loaded.params):
-            results.append(analyze_model(loaded, prompts, **kwargs))
+        results.append(analyze_model(load(name), prompt, **kwargs))
     if progress:
         progress(1.0, "done")
-    return Analysis(prompts=[p for p in prompts if p and p.strip()], results=results,
-                    settings={k: v for k, v in kwargs.items() if k != "defer_continuation"},
+    return Analysis(prompts=[prompt], results=results, settings=dict(kwargs),
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     seed=kwargs.get("seed", 0))
 
 
-def summary_json(analysis: Analysis) -> dict:
-    """What `analyze --json` writes."""
+def summary_json(analysis: Analysis, continuations: dict[str, str | None] | None = None) -> dict:
+    """What `analyze --json` writes; `continuations`: model name -> continuation text."""
+    continuations = continuations or {}
     out = {"prompts": analysis.prompts, "created": analysis.created, "settings": analysis.settings,
            "models": []}
     for r in analysis.results:
-        best_ind = max(r.head_metrics, key=lambda h: h["induction_score"] or -1)
-        best_prev = max(r.head_metrics, key=lambda h: h["previous_token_score"] or -1)
+        ind, prev = r.heads.top("induction_score"), r.heads.top("previous_token_score")
         out["models"].append({
-            **r.source, "task": r.trace.task, "tokens": r.trace.tokens,
+            **r.info.to_json(), "task": r.trace.task, "tokens": r.trace.tokens,
             "notices": r.trace.notices, "seconds": round(r.seconds, 3),
-            "layer_metrics": r.layer_metrics, "head_metrics": r.head_metrics,
-            "predictions": r.predictions, "token_attribution": r.token_attribution,
-            "top_induction_head": {k: best_ind[k] for k in ("layer", "head", "induction_score")},
-            "top_previous_token_head": {k: best_prev[k] for k in
-                                        ("layer", "head", "previous_token_score")},
-            "logit_lens": {"positions": r.logit_lens.get("positions"),
-                           "top_tokens": r.logit_lens["top_tokens"],
-                           "top_probs": np.round(r.logit_lens["top_probs"], 6).tolist()},
+            "layer_metrics": r.layers.rows(), "head_metrics": r.heads.rows(),
+            "predictions": (r.predictions.to_json(continuations.get(r.name))
+                            if r.predictions else None),
+            "continuation": continuations.get(r.name),
+            "token_attribution": r.attribution.to_json() if r.attribution else None,
+            "top_induction_head": dict(zip(("layer", "head", "induction_score"), ind,
+                                           strict=True)),
+            "top_previous_token_head": dict(zip(("layer", "head", "previous_token_score"), prev,
+                                                strict=True)),
+            "logit_lens": r.lens.to_json() if r.lens else None,
         })
     return out

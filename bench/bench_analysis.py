@@ -50,15 +50,15 @@ def main() -> None:
         induction_scores(loaded)
 
     def metrics_first():  # the first analysis after loading: no induction scores to reuse
-        loaded.derived.clear()
+        loaded.memo.clear()
         metrics_only()
 
     def with_continuation():
-        loaded.derived.clear()
+        loaded.memo.clear()
         analyze_model(loaded, [prompt])
 
     def probe_parts():  # what the first analysis adds: (probe word scan, probe pass) seconds
-        loaded.derived.clear()
+        loaded.memo.clear()
         t0 = time.perf_counter()
         induction_probe(loaded)
         t1 = time.perf_counter()

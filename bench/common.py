@@ -36,7 +36,7 @@ def random_model(kind: str):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from models.loading import Loaded
+    from models.loading import prepare
     from models.registry import ModelEntry
 
     torch.manual_seed(0)
@@ -53,11 +53,8 @@ def random_model(kind: str):
         tok = synthetic_tokenizer(cfg.vocab_size, bos=True)
     else:
         raise ValueError(kind)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     entry = ModelEntry(kind, "local", "causal", "", "random weights, real shape")
-    return Loaded(entry, model, tok)
+    return prepare(entry, model, tok)
 
 
 def prompt_of(n_tokens: int, bos: bool) -> str:
@@ -79,15 +76,16 @@ def median_time(fn, repeat: int = 3, warmup: int = 1) -> float:
 
 
 def shown_then_continued(loaded, prompt: str) -> tuple[float, float]:
-    """Seconds of (the analysis as the Overall tab shows it, then its deferred 12-token
-    continuation), with no induction scores reused: every analysis pays for their probe."""
-    from analysis.run import analyze_model, finish_continuation
+    """Seconds of (the analysis as the Overall tab shows it, then the 12-token continuation
+    the page asks for after it), with no induction scores reused: every analysis pays for
+    their probe."""
+    from analysis.run import analyze_model, continuation_of
 
-    loaded.derived.clear()
+    loaded.memo.clear()
     t0 = time.perf_counter()
-    result = analyze_model(loaded, [prompt], defer_continuation=True)
+    result = analyze_model(loaded, [prompt])
     t1 = time.perf_counter()
-    assert finish_continuation(loaded, result)
+    continuation_of(loaded, result)
     return t1 - t0, time.perf_counter() - t1
 
 

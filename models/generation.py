@@ -22,18 +22,43 @@ Definitions (the Details tab quotes these):
   softmax(processed / temperature) drawn with the Gumbel-max trick in float64.
 - *confidence*: softmax(processed logits) at temperature 1, read at the candidate. The same
   distribution gives the per-position ``candidates`` (top tokens) and the entropy.
+- *end* of a region: its first position holding an end-of-sequence or padding token (the
+  tokenizer's EOS, SEP and PAD ids and the config's EOS ids; ``end_ids``). A masked position is
+  not an end.
+- ``generated_tokens`` (*content tokens*): the positions of the generated region before its end
+  (all of them when it has none). A diffusion model that fills the rest of its canvas with
+  [SEP]/EOS has not generated those; the end-of-sequence token itself is not content either.
+- ``positions``: the canvas, the number of positions the run may fill (= ``length``). A
+  diffusion model predicts every one of them; an autoregressive run that stops at its
+  end-of-sequence token leaves the rest unwritten.
 - ``nfe``: forward passes of the model (a classifier-free-guidance step counts 2: the
-  conditional and the unconditional sequence, run as one batch of two).
+  conditional and the unconditional sequence, run as one batch of two). Content tokens per
+  forward pass = generated_tokens / nfe; positions per forward pass = positions / nfe.
 - ``seconds``: wall time of the sampling loop (forward passes, choices and a small per-step copy
-  for the trace; not tokenisation and not turning ids into strings afterwards). On CUDA the
-  clock stops after a synchronise.
-- ``tokens_per_second`` = generated tokens / seconds; prompt tokens never count.
-- ``peak_memory_mb`` (MB = 2**20 bytes): on CUDA, ``torch.cuda.max_memory_allocated`` during the
-  generation minus what was allocated when it started (exact allocator high-water mark). On CPU
-  the resident set size is *sampled* from /proc/self/statm before the loop and after every step;
-  the value is the largest sample minus the first, so a transient peak inside one forward pass
-  can be missed, and memory the allocator keeps from earlier work is not counted again. ``None``
-  where /proc is not available (macOS, Windows).
+  for the trace; not tokenisation and not turning ids into strings afterwards) of a run that is
+  not profiled. On CUDA the clock stops after a synchronise.
+- ``tokens_per_second`` = generated_tokens / seconds (content tokens: prompt, end-of-sequence
+  and padding tokens never count); ``time_per_token`` = seconds / generated_tokens (None when
+  nothing was generated).
+- An autoregressive run stops at its end-of-sequence token (``stop_at_eos=False`` writes on to
+  ``length``; the content still ends at the first end token).
+- ``peak_memory_mb`` (MB = 2**20 bytes): the peak of the memory the generation itself allocated,
+  on top of what was allocated before it (the weights, earlier results). CUDA:
+  ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` in the timed run, minus
+  ``memory_allocated`` at its start (the allocator's exact high-water mark). CPU: torch keeps no
+  CPU allocator statistics, so the same generation is run a second time (same seed, so the same
+  tokens) under the torch profiler with ``profile_memory=True``, which records every allocation
+  and free of PyTorch's CPU allocator made on the generating thread; the value is the highest
+  running total of those bytes during the replay. The replay is not timed: it records the
+  allocations and no operator events (only the user scope), which makes it about 1.1-1.6x
+  slower than the timed run, so a call with the memory measured takes about 2.2-2.6x as long
+  as one without (tiny models, one thread). Its token ids are checked against the timed run:
+  if they differ (a nondeterministic model) the value is None and ``peak_memory_note`` says why.
+  Allocations of other threads (another session's work) are not counted; a profiler the
+  caller is already running is left alone (the value is then None).
+  Memory that kernels take from other allocators (e.g. oneDNN scratch) and Python objects are
+  not counted; allocator caching and RSS do not matter. None on other devices (MPS) or with
+  ``measure_memory=False``; ``peak_memory_note`` always says how the value was obtained.
 - Trace positions count from 0 at the first generated token. ``step`` counts from 1 (step i is
   the state after i steps); ``block`` counts from 0.
 """
@@ -45,6 +70,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +103,7 @@ class StepRecord:
     committed: list[dict]  # [{position, token, token_id, confidence}], position in the region
     tokens: list[str]  # the whole generated region after the step (mask text where masked)
     candidates: list[dict] = field(default_factory=list)  # [{position, top: [{token, prob..}]}]
+    end: int | None = None  # the region's first end-of-sequence/padding position after the step
 
     def to_json(self) -> dict:
         return {
@@ -85,6 +112,7 @@ class StepRecord:
             "committed": [{"position": c["position"], "token": c["token"],
                            "confidence": c["confidence"]} for c in self.committed],
             "tokens": list(self.tokens),
+            "end": self.end,
             "candidates": self.candidates,
         }
 
@@ -94,27 +122,39 @@ class GenerationResult:
     model: str
     paradigm: str  # "diffusion" | "autoregressive"
     prompt: str
-    length: int  # generated tokens
+    length: int  # the requested length: the canvas (= positions)
     steps: int  # steps actually taken (threshold mode: the real count)
     block_length: int | None
     strategy: str
     threshold: float | None
     nfe: int
     seconds: float
-    tokens_per_second: float
+    tokens_per_second: float  # content tokens / seconds
     peak_memory_mb: float | None
     text: str  # the generated region decoded, cut before the first end-of-sequence token
     trace: list[StepRecord]
-    token_ids: list[int]  # the generated region, ids
+    token_ids: list[int]  # the generated region, ids (autoregressive: the tokens written)
+    generated_tokens: int  # content tokens: before the first end-of-sequence/padding token
+    positions: int  # the canvas size
     temperature: float = 0.0
     seed: int = 0
-    time_per_token: float = 0.0
+    time_per_token: float | None = None  # seconds per content token; None when there is none
     mask_token: str = "[MASK]"  # the placeholder text in trace tokens (PENDING for AR)
     sampling: str = "greedy"  # greedy | sample | top_k | nucleus
+    peak_memory_note: str = ""  # how peak_memory_mb was measured, or why it is None
 
     @property
     def tokens(self) -> list[str]:
         return list(self.trace[-1].tokens) if self.trace else []
+
+    @property
+    def tokens_per_forward_pass(self) -> float:
+        """Content tokens per forward pass."""
+        return self.generated_tokens / self.nfe if self.nfe else 0.0
+
+    @property
+    def positions_per_forward_pass(self) -> float:
+        return self.positions / self.nfe if self.nfe else 0.0
 
     def to_json(self) -> dict:
         """The ``generate --json`` object of design.md (trace entries also carry candidates)."""
@@ -123,20 +163,41 @@ class GenerationResult:
             "paradigm": self.paradigm,
             "prompt": self.prompt,
             "length": self.length,
+            "positions": self.positions,
             "steps": self.steps,
             "block_length": self.block_length,
             "strategy": self.strategy,
             "threshold": self.threshold,
             "nfe": self.nfe,
+            "generated_tokens": self.generated_tokens,
             "seconds": self.seconds,
             "tokens_per_second": self.tokens_per_second,
             "peak_memory_mb": self.peak_memory_mb,
+            "peak_memory_note": self.peak_memory_note,
             "text": self.text,
             "trace": [r.to_json() for r in self.trace],
         }
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), ensure_ascii=False)
+
+
+# (label, GenerationResult attribute, scale, format): the side-by-side metrics table and bars
+RESULT_METRICS = [
+    ("content tokens", "generated_tokens", 1.0, "{:.0f}"),
+    ("canvas positions", "positions", 1.0, "{:.0f}"),
+    ("steps", "steps", 1.0, "{:.0f}"),
+    ("forward passes (NFE)", "nfe", 1.0, "{:.0f}"),
+    ("content tokens per forward pass", "tokens_per_forward_pass", 1.0, "{:.2f}"),
+    ("positions per forward pass", "positions_per_forward_pass", 1.0, "{:.2f}"),
+    ("seconds", "seconds", 1.0, "{:.4f}"),
+    ("content tokens / s", "tokens_per_second", 1.0, "{:.1f}"),
+    ("ms per content token", "time_per_token", 1000.0, "{:.3f}"),
+    ("peak memory (MB)", "peak_memory_mb", 1.0, "{:.3f}"),
+]
+# the ones drawn as bars (the canvas and the steps are settings more than results)
+BAR_METRICS = ("generated_tokens", "nfe", "tokens_per_forward_pass", "seconds",
+               "tokens_per_second", "peak_memory_mb")
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +357,25 @@ def stop_ids(loaded: Any) -> set[int]:
     return out
 
 
+def end_ids(loaded: Any) -> set[int]:
+    """Ids that end the content of a generated region: ``stop_ids`` and the padding token."""
+    return stop_ids(loaded) | set(_ids(getattr(loaded.tokenizer, "pad_token_id", None)))
+
+
+def first_end(ids: Sequence[int], ends: set[int]) -> int | None:
+    """The first position of ``ids`` holding an end id, or None."""
+    for i, t in enumerate(ids):
+        if t in ends:
+            return i
+    return None
+
+
+def content_length(ids: Sequence[int], ends: set[int]) -> int:
+    """Content tokens of a generated region: the positions before its first end id."""
+    end = first_end(ids, ends)
+    return len(ids) if end is None else end
+
+
 def _forbidden(loaded: Any, vocab: int, mask_id: int | None, stops: set[int],
                device: torch.device) -> torch.Tensor:
     """Bool [vocab]: ids never proposed: the mask, CLS/BOS, PAD and UNK, unless they are EOS."""
@@ -401,7 +481,7 @@ def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> float:
 
 
 def _check_prompt(prompt: Any) -> str:
-    from analysis.capture import check_text
+    from models.common import check_text
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError("The prompt is empty. Type some text to start from.")
@@ -430,49 +510,118 @@ def _check_diffusion_model(loaded: Any) -> None:
 # Measurement
 
 
-def _rss_bytes() -> int | None:
+NOT_MEASURED = "not measured (measure_memory=False)"
+CUDA_NOTE = ("CUDA: torch.cuda.max_memory_allocated during the timed run minus what was "
+             "allocated at its start")
+CPU_NOTE = ("CPU: highest running total of the tensor allocations (PyTorch CPU allocator) of an "
+            "untimed replay of the same generation under the torch profiler (same tokens)")
+REPLAY_DIFFERS = ("not measured: the profiled replay's token ids differ from the timed run's "
+                  "(a nondeterministic model), so its memory would not be this generation's")
+_PROFILER_LOCK = threading.Lock()  # one profiled replay at a time in this process
+
+
+def _allocation_peak(events: Any) -> int:
+    """Bytes: the highest running total of a profile's CPU allocations (the profiler's
+    "[memory]" events: + bytes allocated, - bytes freed, in time order) above its start. Blocks
+    allocated before the replay and freed in it count 0 (they were never counted)."""
+    cpu = torch.autograd.DeviceType.CPU
+    mem = [(e.start_ns(), e.nbytes()) for e in events
+           if e.name() == "[memory]" and e.device_type() == cpu]
+    mem.sort(key=lambda e: e[0])  # stable: events sharing a timestamp keep their order
+    total = peak = 0
+    for _t, nbytes in mem:
+        total += nbytes
+        peak = max(peak, total)
+    return peak
+
+
+class _NoPrivateProfiler(Exception):
+    """torch's private profiler entry points are not what this module expects."""
+
+
+def _memory_only_profile(run: Callable[[], Any]) -> tuple[Any, Any]:
+    """(run's output, the profiler's events) with memory profiling on and operator events
+    recorded only for the user scope (record_function), so the replay runs about 1.1-1.3x its
+    unprofiled time instead of about 2x; torch's private profiler entry points, so the caller
+    falls back to ``torch.profiler.profile`` when they change."""
     try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
+        from torch._C._profiler import (
+            ProfilerActivity,
+            ProfilerConfig,
+            ProfilerState,
+            RecordScope,
+            _ExperimentalConfig,
+        )
+
+        config = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False,
+                                _ExperimentalConfig())
+        activities = {ProfilerActivity.CPU}
+        prepare, enable = torch.autograd._prepare_profiler, torch.autograd._enable_profiler
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise _NoPrivateProfiler(str(exc)) from exc
+    prepare(config, activities)
+    enable(config, activities, {RecordScope.USER_SCOPE})
+    try:  # from here on, errors are the run's own or the profiler's: no fallback
+        out = run()
+    finally:
+        result = torch.autograd._disable_profiler()
+    return out, result.events()
 
 
-class _Meter:
-    """Wall clock and peak memory of one generation (see the module docstring)."""
+def _full_profile(run: Callable[[], Any]) -> tuple[Any, Any]:
+    from torch.profiler import ProfilerActivity, profile
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = run()
+    return out, prof.profiler.kineto_results.events()
 
-    def start(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        else:
-            self.base = _rss_bytes()
-            self.peak = self.base
-        self.t0 = time.perf_counter()
 
-    def sample(self) -> None:
-        if not self.cuda and self.base is not None:
-            rss = _rss_bytes()
-            if rss is not None:
-                self.peak = max(self.peak, rss)
+def _profiled_peak(run: Callable[[], Any]) -> tuple[Any, float | None, str]:
+    """Run ``run`` once more under the torch profiler: (its output, peak MB, note)."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # no profiler_start/stop lines on stderr
+    with _PROFILER_LOCK:
+        if torch.autograd._profiler_enabled():  # the caller is profiling: leave its session be
+            return None, None, "not measured: the torch profiler is already running"
+        try:
+            try:
+                out, events = _memory_only_profile(run)
+            except _NoPrivateProfiler as exc:
+                log.debug("memory-only profiling unavailable (%s); profiling every op", exc)
+                out, events = _full_profile(run)
+            peak = _allocation_peak(events)
+        except (RuntimeError, AttributeError, AssertionError, ImportError) as exc:
+            log.warning("peak memory: the profiled replay failed: %s", exc)
+            return None, None, f"not measured: the torch profiler failed ({exc})"
+    return out, peak / 2**20, CPU_NOTE
 
-    def stop(self) -> tuple[float, float | None]:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-        seconds = max(time.perf_counter() - self.t0, 1e-9)
-        if self.cuda:
-            peak = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
-        elif self.base is None:
-            peak = None
-        else:
-            self.sample()
-            peak = (self.peak - self.base) / 2**20
-        return seconds, (None if peak is None else max(0.0, float(peak)))
+
+def _measured(device: torch.device, run: Callable[[], Any], measure_memory: bool,
+              same: Callable[[Any, Any], bool]) -> tuple[Any, float, float | None, str]:
+    """Time ``run`` (a whole generation, deterministic for its seed) and measure its peak
+    memory as the module docstring defines: (output, seconds, peak MB or None, note)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    t0 = time.perf_counter()
+    out = run()
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    if not measure_memory:
+        return out, seconds, None, NOT_MEASURED
+    if cuda:
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return out, seconds, max(0.0, float(peak)), CUDA_NOTE
+    if device.type != "cpu":
+        return out, seconds, None, f"not measured: no allocator statistics on {device.type}"
+    again, peak, note = _profiled_peak(run)
+    if peak is None:
+        return out, seconds, None, note
+    if not same(out, again):
+        return out, seconds, None, REPLAY_DIFFERS
+    return out, seconds, float(peak), note
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,7 +681,7 @@ class _RawStep:
 
 
 def _records(tokenizer: Any, raw: list[_RawStep], mask_id: int | None,
-             mask_text: str) -> list[StepRecord]:
+             mask_text: str, ends: set[int]) -> list[StepRecord]:
     cache: dict[int, str] = {}
 
     def text(i: int) -> str:
@@ -547,7 +696,8 @@ def _records(tokenizer: Any, raw: list[_RawStep], mask_id: int | None,
         cands = [{"position": p, "top": [{"token": text(i), "probability": v}
                                          for i, v in zip(ids, vals, strict=True)]}
                  for p, ids, vals in r.candidates]
-        out.append(StepRecord(n, r.block, committed, [text(i) for i in r.region], cands))
+        out.append(StepRecord(n, r.block, committed, [text(i) for i in r.region], cands,
+                              first_end(r.region, ends)))
     return out
 
 
@@ -568,7 +718,8 @@ def diffusion_generate(loaded: Any, prompt: str, length: int, steps: int | None 
                        threshold: float | None = None, temperature: float = 0.0,
                        top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                        cfg_scale: float = 0.0, n_candidates: int = 5,
-                       use_chat_template: bool = False) -> GenerationResult:
+                       use_chat_template: bool = False,
+                       measure_memory: bool = True) -> GenerationResult:
     """Generate ``length`` tokens by iterative unmasking; see the module docstring.
 
     Blocks: the region is split into ``length // block_length`` blocks filled left to right
@@ -578,7 +729,8 @@ def diffusion_generate(loaded: Any, prompt: str, length: int, steps: int | None 
     follow ``num_transfer_tokens``. Threshold mode (``threshold`` in (0, 1]): every step commits
     each masked position of the current block whose confidence is at least ``threshold`` (at
     least the strategy's best one), so the number of steps adapts; ``steps`` is then only
-    checked, not used, and the steps actually taken are reported.
+    checked, not used, and the steps actually taken are reported. ``measure_memory=False``
+    skips the peak-memory measurement (on CPU an untimed profiled replay).
     """
     _check_diffusion_model(loaded)
     prompt = _check_prompt(prompt)
@@ -609,18 +761,17 @@ def diffusion_generate(loaded: Any, prompt: str, length: int, steps: int | None 
     model, tok = loaded.model, loaded.tokenizer
     device = _device(model)
     lay = _layout(loaded, prompt, length, mask_id, use_chat_template)
-    stops = stop_ids(loaded)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    stops, ends = stop_ids(loaded), end_ids(loaded)
     block_steps = split_steps(steps, n_blocks)
-    raw: list[_RawStep] = []
-    nfe = 0
-    meter = _Meter(device)
-    with torch.inference_mode():
+
+    def run() -> tuple[list[int], list[_RawStep], int]:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        raw: list[_RawStep] = []
+        nfe = 0
         x = torch.tensor([lay.ids], dtype=torch.long, device=device)
         masked = torch.ones(length, dtype=torch.bool, device=device)
         block_of = torch.arange(length, device=device) // block_length
         forbidden = None
-        meter.start()
         for b in range(n_blocks):
             in_block = block_of == b
             plan = (None if threshold is not None
@@ -654,18 +805,27 @@ def diffusion_generate(loaded: Any, prompt: str, length: int, steps: int | None 
                     list(zip(pos.tolist(), cand[take].tolist(), conf[take].tolist(), strict=True)),
                     x[0, lay.start:lay.start + length].tolist(),
                     _candidates(probs, positions, n_candidates)))
-                meter.sample()
                 i += 1
-        seconds, peak = meter.stop()
-    region = x[0, lay.start:lay.start + length].tolist()
+        return x[0, lay.start:lay.start + length].tolist(), raw, nfe
+
+    with torch.inference_mode():
+        (region, raw, nfe), seconds, peak, note = _measured(device, run, measure_memory,
+                                                            _same_steps)
     mask_text = _mask_text(tok, mask_id)
+    content = content_length(region, ends)
     return GenerationResult(
         model=loaded.name, paradigm="diffusion", prompt=prompt, length=length, steps=len(raw),
         block_length=block_length, strategy=strategy, threshold=threshold, nfe=nfe,
-        seconds=seconds, tokens_per_second=length / seconds, peak_memory_mb=peak,
-        text=_decode(tok, region, stops), trace=_records(tok, raw, mask_id, mask_text),
-        token_ids=region, temperature=temperature, seed=seed, time_per_token=seconds / length,
-        mask_token=mask_text, sampling="greedy" if temperature == 0 else "sample")
+        seconds=seconds, tokens_per_second=content / seconds, peak_memory_mb=peak,
+        text=_decode(tok, region, ends), trace=_records(tok, raw, mask_id, mask_text, ends),
+        token_ids=region, generated_tokens=content, positions=length, temperature=temperature,
+        seed=seed, time_per_token=seconds / content if content else None, mask_token=mask_text,
+        sampling="greedy" if temperature == 0 else "sample", peak_memory_note=note)
+
+
+def _same_steps(a: tuple, b: tuple) -> bool:
+    """Two runs of a sampler gave the same token ids at every step (the replay check)."""
+    return a[0] == b[0] and [r.region for r in a[1]] == [r.region for r in b[1]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -675,7 +835,8 @@ def diffusion_generate(loaded: Any, prompt: str, length: int, steps: int | None 
 def remask_generate(loaded: Any, prompt: str, length: int, steps: int,
                     schedule: str = "linear", sampling: str = "greedy", top_k: int = 50,
                     top_p: float = 0.9, temperature: float = 1.0, seed: int = 0,
-                    n_candidates: int = 5, use_chat_template: bool = False) -> GenerationResult:
+                    n_candidates: int = 5, use_chat_template: bool = False,
+                    measure_memory: bool = True) -> GenerationResult:
     """Start fully masked; each step re-predicts every generated position (greedy, top-k or
     nucleus sampling at ``temperature``) and then re-masks the ``remask_counts`` least
     confident positions. A step's ``committed`` lists the positions left unmasked whose token is
@@ -701,15 +862,14 @@ def remask_generate(loaded: Any, prompt: str, length: int, steps: int,
     model, tok = loaded.model, loaded.tokenizer
     device = _device(model)
     lay = _layout(loaded, prompt, length, mask_id, use_chat_template)
-    stops = stop_ids(loaded)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    stops, ends = stop_ids(loaded), end_ids(loaded)
     counts = remask_counts(length, steps, schedule)
-    raw: list[_RawStep] = []
-    meter = _Meter(device)
-    with torch.inference_mode():
+
+    def run() -> tuple[list[int], list[_RawStep], int]:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        raw: list[_RawStep] = []
         x = torch.tensor([lay.ids], dtype=torch.long, device=device)
         forbidden = None
-        meter.start()
         for step in range(steps):
             logits = _region_logits(model, x, lay, mask_id, 0.0)
             if forbidden is None:
@@ -729,17 +889,21 @@ def remask_generate(loaded: Any, prompt: str, length: int, steps: int,
                 0, list(zip(changed.tolist(), new[changed].tolist(), conf[changed].tolist(),
                             strict=True)),
                 new.tolist(), _candidates(probs[was_masked], was_masked, n_candidates)))
-            meter.sample()
-        seconds, peak = meter.stop()
-    region = x[0, lay.start:lay.start + length].tolist()
+        return x[0, lay.start:lay.start + length].tolist(), raw, steps
+
+    with torch.inference_mode():
+        (region, raw, nfe), seconds, peak, note = _measured(device, run, measure_memory,
+                                                            _same_steps)
     mask_text = _mask_text(tok, mask_id)
+    content = content_length(region, ends)
     return GenerationResult(
         model=loaded.name, paradigm="diffusion", prompt=prompt, length=length, steps=steps,
-        block_length=length, strategy=f"remask_{schedule}", threshold=None, nfe=steps,
-        seconds=seconds, tokens_per_second=length / seconds, peak_memory_mb=peak,
-        text=_decode(tok, region, stops), trace=_records(tok, raw, mask_id, mask_text),
-        token_ids=region, temperature=t, seed=seed, time_per_token=seconds / length,
-        mask_token=mask_text, sampling=sampling)
+        block_length=length, strategy=f"remask_{schedule}", threshold=None, nfe=nfe,
+        seconds=seconds, tokens_per_second=content / seconds, peak_memory_mb=peak,
+        text=_decode(tok, region, ends), trace=_records(tok, raw, mask_id, mask_text, ends),
+        token_ids=region, generated_tokens=content, positions=length, temperature=t, seed=seed,
+        time_per_token=seconds / content if content else None, mask_token=mask_text,
+        sampling=sampling, peak_memory_note=note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -749,17 +913,18 @@ def remask_generate(loaded: Any, prompt: str, length: int, steps: int,
 def autoregressive_generate(loaded: Any, prompt: str, length: int, temperature: float = 0.0,
                             top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                             use_chat_template: bool = False, n_candidates: int = 5,
-                            stop_at_eos: bool = False, use_cache: bool = True
-                            ) -> GenerationResult:
+                            stop_at_eos: bool = True, use_cache: bool = True,
+                            measure_memory: bool = True) -> GenerationResult:
     """One token per forward pass, reusing the KV cache (``use_cache=False`` re-runs the whole
     sequence each step: same tokens, for checking and for showing what the cache saves).
 
     The trace has one step per token, in block ``step - 1`` (autoregression is block diffusion
     with blocks of one token, so ``block_length`` is 1 and the strategy ``left_to_right``);
-    ``tokens`` lists the tokens generated so far followed by ``"<pending>"`` for the rest. By
-    default all ``length`` tokens are generated even past an end-of-sequence token (so lengths
-    compare fairly; ``text`` is still cut there); ``stop_at_eos=True`` stops at it and reports
-    the shorter length.
+    ``tokens`` lists the tokens generated so far followed by ``"<pending>"`` for the rest of the
+    ``length`` positions. The run stops at its end-of-sequence token (that token is written and
+    its forward pass counted, it is not content); ``stop_at_eos=False`` writes on to ``length``
+    tokens (for checking), and the content still ends at the first end-of-sequence token.
+    ``length`` and ``positions`` stay the requested canvas either way.
     """
     if loaded.task != "causal":
         raise UserError(f"'{loaded.name}' is a {loaded.task} model; autoregressive generation "
@@ -775,19 +940,17 @@ def autoregressive_generate(loaded: Any, prompt: str, length: int, temperature: 
         raise UserError("The prompt encodes to no tokens; type some text.")
     _check_fits(loaded, len(ids), length)
     device = _device(model)
-    stops = stop_ids(loaded)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    raw: list[_RawStep] = []
-    generated: list[int] = []
+    stops, ends = stop_ids(loaded), end_ids(loaded)
     cache_kw = cache_keyword(model)
-    nfe = 0
-    meter = _Meter(device)
-    with torch.inference_mode():
+
+    def run() -> tuple[list[int], list[_RawStep], int]:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        raw: list[_RawStep] = []
+        generated: list[int] = []
         seq = torch.tensor([ids], dtype=torch.long, device=device)
         forbidden = None
-        meter.start()
         out = model(input_ids=seq, use_cache=use_cache)
-        nfe += 1
+        nfe = 1
         for step in range(length):
             logits = out.logits[0, -1]
             if forbidden is None:
@@ -800,8 +963,7 @@ def autoregressive_generate(loaded: Any, prompt: str, length: int, temperature: 
             generated.append(token_id)
             raw.append(_RawStep(step, [(step, token_id, conf)], list(generated),
                                 _candidates(probs[None], [step], n_candidates)))
-            meter.sample()
-            if step == length - 1 or (stop_at_eos and token_id in stops):
+            if step == length - 1 or (stop_at_eos and token_id in ends):
                 break
             nxt = token.view(1, 1)
             if use_cache:
@@ -810,18 +972,24 @@ def autoregressive_generate(loaded: Any, prompt: str, length: int, temperature: 
                 seq = torch.cat([seq, nxt], dim=1)
                 out = model(input_ids=seq, use_cache=False)
             nfe += 1
-        seconds, peak = meter.stop()
+        return generated, raw, nfe
+
+    with torch.inference_mode():
+        (generated, raw, nfe), seconds, peak, note = _measured(device, run, measure_memory,
+                                                               _same_steps)
     n = len(generated)
-    records = _records(tok, raw, None, PENDING)
+    records = _records(tok, raw, None, PENDING, ends)
     for r in records:
         r.tokens = r.tokens + [PENDING] * (length - len(r.tokens))
+    content = content_length(generated, ends)
     return GenerationResult(
-        model=loaded.name, paradigm="autoregressive", prompt=prompt, length=n, steps=n,
+        model=loaded.name, paradigm="autoregressive", prompt=prompt, length=length, steps=n,
         block_length=1, strategy="left_to_right", threshold=None, nfe=nfe, seconds=seconds,
-        tokens_per_second=n / seconds, peak_memory_mb=peak, text=_decode(tok, generated, stops),
-        trace=records, token_ids=generated, temperature=temperature, seed=seed,
-        time_per_token=seconds / n, mask_token=PENDING,
-        sampling="greedy" if temperature == 0 else "sample")
+        tokens_per_second=content / seconds, peak_memory_mb=peak,
+        text=_decode(tok, generated, ends), trace=records, token_ids=generated,
+        generated_tokens=content, positions=length, temperature=temperature, seed=seed,
+        time_per_token=seconds / content if content else None, mask_token=PENDING,
+        sampling="greedy" if temperature == 0 else "sample", peak_memory_note=note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -864,10 +1032,30 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+COMPARE_DEFINITIONS = {
+    "generated_tokens": "content tokens of all runs: generated tokens before the first "
+                        "end-of-sequence/padding token of each run's region",
+    "positions": "canvas positions of all runs (the requested length each)",
+    "tokens_per_second": "content tokens of all runs / their seconds (prompt, end-of-sequence "
+                         "and padding tokens never count)",
+    "tokens_per_forward_pass": "content tokens of all runs / their forward passes",
+    "positions_per_forward_pass": "canvas positions of all runs / their forward passes",
+    "mean_nfe": "forward passes per run (classifier-free guidance counts 2 per step)",
+    "peak_memory_mb": "the largest per-run peak of the memory a generation allocated (MB = "
+                      "2**20 bytes; see models.generation)",
+    "accuracy": "fraction of runs with an expected answer whose text contains it "
+                "(case-insensitive)",
+    "consistency": "fraction of prompts whose text is the same for every seed",
+    "autoregressive": "stops at its end-of-sequence token",
+}
+
+
 def _summary(model: str, paradigm: str, runs: list[dict], n_seeds: int) -> dict:
     scored = [r for r in runs if r["correct"] is not None]
     seconds = sum(r["seconds"] for r in runs)
-    tokens = sum(r["length"] for r in runs)
+    content = sum(r["generated_tokens"] for r in runs)
+    positions = sum(r["positions"] for r in runs)
+    nfe = sum(r["nfe"] for r in runs)
     peaks = [r["peak_memory_mb"] for r in runs if r["peak_memory_mb"] is not None]
     consistency = None
     if n_seeds > 1:
@@ -882,8 +1070,13 @@ def _summary(model: str, paradigm: str, runs: list[dict], n_seeds: int) -> dict:
         "accuracy": (sum(r["correct"] for r in scored) / len(scored)) if scored else None,
         "n_scored": len(scored),
         "mean_seconds": seconds / len(runs),
-        "tokens_per_second": tokens / seconds,
-        "mean_nfe": sum(r["nfe"] for r in runs) / len(runs),
+        "generated_tokens": content,
+        "positions": positions,
+        "mean_generated_tokens": content / len(runs),
+        "tokens_per_second": content / seconds,
+        "mean_nfe": nfe / len(runs),
+        "tokens_per_forward_pass": content / nfe if nfe else 0.0,
+        "positions_per_forward_pass": positions / nfe if nfe else 0.0,
         "peak_memory_mb": max(peaks) if peaks else None,
         "consistency": consistency,
     }
@@ -895,17 +1088,23 @@ def compare(ar_loaded: Any, diff_loaded: Any, prompts: Sequence[tuple[str, str |
             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
             seeds: Sequence[int] = (0,), ar_chat_template: bool = False,
             diffusion_chat_template: bool = False, warmup: bool = True,
-            progress: Callable[[int, int, str], None] | None = None) -> dict:
+            progress: Callable[[int, int, str], None] | None = None,
+            measure_memory: bool = True) -> dict:
     """Run the autoregressive and the diffusion model on every prompt and seed, side by side.
 
     Order: the two paradigms alternate which goes first from one run to the next (ABBA), so
     a drift in machine speed affects both alike; ``warmup`` first runs each once on one token,
-    untimed. Per paradigm: ``accuracy`` = fraction of runs with an expected answer whose
-    generated text contains it (case-insensitive; None without expectations);
-    ``tokens_per_second`` = all generated tokens / all seconds; ``mean_seconds``, ``mean_nfe``;
-    ``peak_memory_mb`` = the largest per-run peak; ``consistency`` (with two or more seeds) =
-    fraction of prompts whose generated text (lower-cased, whitespace-normalised) is the same
-    for every seed, else None.
+    untimed. The autoregressive model stops at its end-of-sequence token. Per paradigm:
+    ``accuracy`` = fraction of runs with an expected answer whose generated text contains it
+    (case-insensitive; None without expectations); ``tokens_per_second`` = all *content* tokens
+    (``generated_tokens``: before each run's first end-of-sequence/padding token, so a canvas
+    filled with [SEP] does not count) / all seconds; ``generated_tokens`` and ``positions``
+    (totals), ``mean_generated_tokens``, ``tokens_per_forward_pass`` (content) and
+    ``positions_per_forward_pass``; ``mean_seconds``, ``mean_nfe``; ``peak_memory_mb`` = the
+    largest per-run peak (each run measured as in ``diffusion_generate``; ``measure_memory=False``
+    skips it); ``consistency`` (with two or more seeds) = fraction of prompts whose generated
+    text (lower-cased, whitespace-normalised) is the same for every seed, else None. The result's
+    ``definitions`` says the same in words.
     """
     if not prompts:
         raise UserError("No prompts to compare; give at least one.")
@@ -918,20 +1117,21 @@ def compare(ar_loaded: Any, diff_loaded: Any, prompts: Sequence[tuple[str, str |
     def run_ar(prompt: str, seed: int, n: int = length) -> GenerationResult:
         return autoregressive_generate(ar_loaded, prompt, n, temperature=temperature, top_k=top_k,
                                        top_p=top_p, seed=seed, use_chat_template=ar_chat_template,
-                                       n_candidates=0)
+                                       n_candidates=0, measure_memory=measure_memory and n > 1)
 
     def run_diff(prompt: str, seed: int) -> GenerationResult:
         return diffusion_generate(diff_loaded, prompt, length, steps=steps,
                                   block_length=block_length, strategy=strategy,
                                   threshold=threshold, temperature=temperature, top_k=top_k,
                                   top_p=top_p, seed=seed, n_candidates=0,
-                                  use_chat_template=diffusion_chat_template)
+                                  use_chat_template=diffusion_chat_template,
+                                  measure_memory=measure_memory)
 
     if warmup:
         first = prompts[0][0]
         run_ar(first, seeds[0], 1)
         diffusion_generate(diff_loaded, first, 1, strategy=strategy, n_candidates=0,
-                           use_chat_template=diffusion_chat_template)
+                           use_chat_template=diffusion_chat_template, measure_memory=False)
     rows: list[dict] = []
     per: dict[str, list[dict]] = {"autoregressive": [], "diffusion": []}
     total = len(prompts) * len(seeds)
@@ -949,6 +1149,7 @@ def compare(ar_loaded: Any, diff_loaded: Any, prompts: Sequence[tuple[str, str |
                 item = {"text": res.text, "correct": correct, "seconds": res.seconds,
                         "tokens_per_second": res.tokens_per_second, "nfe": res.nfe,
                         "steps": res.steps, "length": res.length,
+                        "generated_tokens": res.generated_tokens, "positions": res.positions,
                         "peak_memory_mb": res.peak_memory_mb}
                 row[paradigm] = item
                 per[paradigm].append({**item, "prompt_index": pi})
@@ -964,4 +1165,5 @@ def compare(ar_loaded: Any, diff_loaded: Any, prompts: Sequence[tuple[str, str |
                                    len(seeds)),
         "diffusion": _summary(diff_loaded.name, "diffusion", per["diffusion"], len(seeds)),
         "runs": rows,
+        "definitions": dict(COMPARE_DEFINITIONS),
     }

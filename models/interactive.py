@@ -64,7 +64,9 @@ from models.generation import (
     _layout,
     _logits,
     _mask_text,
+    end_ids,
     entropy,
+    first_end,
     mask_token_id,
     process_logits,
     ranked,
@@ -148,6 +150,7 @@ class Stepper:
         lay = _layout(loaded, prompt, length, self.mask_id, use_chat_template)
         self.start = lay.start
         self.stops = stop_ids(loaded)
+        self.ends = end_ids(loaded)
         self.mask_text = _mask_text(loaded.tokenizer, self.mask_id)
         self.ids: list[int] = list(lay.ids)
         self.history: list[Snapshot] = [Snapshot(list(self.ids))]
@@ -208,7 +211,19 @@ class Stepper:
     def text(self) -> str:
         """The committed part of the region decoded (masked positions left out)."""
         return _decode(self.loaded.tokenizer, [i for i in self.region if i != self.mask_id],
-                       self.stops)
+                       self.ends)
+
+    @property
+    def end(self) -> int | None:
+        """The first committed end-of-sequence/padding position of the region, or None."""
+        return first_end(self.region, self.ends)
+
+    @property
+    def generated_tokens(self) -> int:
+        """Content tokens so far: committed positions before the first committed end."""
+        end = self.end
+        before = self.region if end is None else self.region[:end]
+        return sum(i != self.mask_id for i in before)
 
     def token_text(self, token_id: int) -> str:
         return token_texts(self.loaded.tokenizer, [token_id])[0]
@@ -385,7 +400,7 @@ class Stepper:
         for c in committed:
             self.ids[self.start + c["position"]] = c["token_id"]
         self.history.append(Snapshot(list(self.ids)))
-        record = StepRecord(self.step, block, committed, self.tokens(), candidates)
+        record = StepRecord(self.step, block, committed, self.tokens(), candidates, self.end)
         self.records.append(record)
         self._stale()
         return record
@@ -422,18 +437,22 @@ class Stepper:
     # ------------------------------------------------------------------ export
 
     def to_result(self) -> GenerationResult:
-        """The steps so far as a GenerationResult (for the GIF / HTML exports)."""
+        """The steps so far as a GenerationResult (for the GIF / HTML exports). ``seconds`` is
+        the time of the forward passes only (the choosing was yours); content tokens count the
+        committed positions before the first committed end-of-sequence token."""
         seconds = max(self.total_forward_seconds, 1e-9)
         s = self.settings
+        content = self.generated_tokens
         return GenerationResult(
             model=self.loaded.name, paradigm="diffusion", prompt=self.prompt, length=self.length,
             steps=self.step, block_length=self.block_length, strategy="interactive",
             threshold=None, nfe=self.n_forward, seconds=seconds,
-            tokens_per_second=(self.length - len(self.masked)) / seconds, peak_memory_mb=None,
+            tokens_per_second=content / seconds, peak_memory_mb=None,
             text=self.text(), trace=[replace(r) for r in self.records], token_ids=self.region,
-            temperature=s.temperature, seed=self.seed,
-            time_per_token=seconds / max(1, self.length - len(self.masked)),
-            mask_token=self.mask_text, sampling="interactive")
+            generated_tokens=content, positions=self.length, temperature=s.temperature,
+            seed=self.seed, time_per_token=seconds / content if content else None,
+            mask_token=self.mask_text, sampling="interactive",
+            peak_memory_note="not measured in step mode")
 
     def analysis_prompt(self) -> tuple[str, bool]:
         """The current sequence (masks included) as text for the analysis pipeline, and whether
@@ -458,13 +477,33 @@ class Stepper:
 # ---------------------------------------------------------------------------- trace helpers
 
 
+def shown_positions(result: GenerationResult) -> int:
+    """Positions worth drawing: the canvas of a diffusion run; the tokens an autoregressive run
+    wrote (one that stopped at its end-of-sequence token never writes the rest)."""
+    n = len(result.trace[0].tokens) if result.trace else result.length
+    if result.paradigm == "autoregressive" and result.trace:
+        n = min(n, len(result.trace))
+    return n
+
+
+def end_of(cells_end: int | None, position: int) -> str | None:
+    """Where ``position`` lies against the region's first end-of-sequence token ``cells_end``:
+    None (before it: content, or no end yet), "eos" (the end token) or "after" (past it)."""
+    if cells_end is None or position < cells_end:
+        return None
+    return "eos" if position == cells_end else "after"
+
+
 def region_at(result: GenerationResult, step: int) -> list[dict]:
     """The generated region after ``step`` steps of a recorded generation (0 = all masked):
-    [{token, state: masked | new | old, confidence (None while masked), step (of commit)}]."""
+    [{token, state: masked | new | old, confidence (None while masked), step (of commit),
+    end: None | "eos" | "after" (against the first end-of-sequence token committed so far)}].
+    An autoregressive run shows the positions it wrote (``shown_positions``)."""
     n_steps = len(result.trace)
     step = min(max(int(step), 0), n_steps)
-    n = len(result.trace[0].tokens) if result.trace else result.length
-    tokens = list(result.trace[step - 1].tokens) if step else [result.mask_token] * n
+    n = shown_positions(result)
+    tokens = list(result.trace[step - 1].tokens)[:n] if step else [result.mask_token] * n
+    end = result.trace[step - 1].end if step else None
     when: dict[int, tuple[int, float]] = {}
     for rec in result.trace[:step]:
         for c in rec.committed:
@@ -472,11 +511,12 @@ def region_at(result: GenerationResult, step: int) -> list[dict]:
     out = []
     for p, tok in enumerate(tokens):
         if tok == result.mask_token or p not in when:
-            out.append({"token": tok, "state": "masked", "confidence": None, "step": None})
+            out.append({"token": tok, "state": "masked", "confidence": None, "step": None,
+                        "end": end_of(end, p)})
         else:
             s, conf = when[p]
             out.append({"token": tok, "state": "new" if s == step else "old", "confidence": conf,
-                        "step": s})
+                        "step": s, "end": end_of(end, p)})
     return out
 
 

@@ -1,28 +1,46 @@
-"""Loading models offline-aware, always eager attention, always in eval mode, with an LRU cache."""
+"""Loading models: offline-aware, eager-equivalent attention, eval mode, a device and a dtype,
+safetensors only, kept in a bounded least-recently-used store.
+
+A loaded model is shared by every request of the process. Its owner is the `Loaded` object:
+everything that runs the model (capture, attribution, continuation, samplers, the stepper)
+holds `loaded.lock` for the whole pass, and nothing changes the model per request: per-pass
+instructions go through models.attention's per-call argument.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import UserError
+from models.common import UserError
 from models.registry import Availability, ModelEntry, availability, resolve
 
 log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # plus cuda:N
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
 class Loaded:
     entry: ModelEntry
-    model: Any  # a transformers PreTrainedModel in eval mode
+    model: Any  # a transformers PreTrainedModel in eval mode, weights frozen
     tokenizer: Any
-    # what is computed once per loaded model and reused (analysis.run: the induction probe's
-    # token pool, a scan of the whole vocabulary, and the induction scores per seed)
-    derived: dict = field(default_factory=dict, repr=False, compare=False)
+    device: str = "cpu"
+    dtype: str = "float32"
+    attention: str = "eager"  # "dashboard" (models.attention) or the model's own "eager"
+    placement: str = "one device"  # or "device_map=auto (accelerate)"
+    # values computed once per loaded model and reused (analysis.run: the induction probe's
+    # token pool and the induction scores per seed)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
+    # held by every use of the model for the whole pass: one owner at a time
+    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
+    block_hook: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -48,12 +66,22 @@ class Loaded:
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    @property
+    def torch_device(self):
+        import torch
+
+        return next(self.model.parameters()).device if self.model is not None else torch.device(
+            self.device)
+
 
 @dataclass(frozen=True)
 class LoadOptions:
     trust_remote_code: bool = False  # only ever from the --trust-remote-code flag
     allow_pickle: bool = False  # only ever from the --allow-pickle-weights flag
     allow_custom: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+    revision: str | None = None
 
 
 _AUTO_BY_TASK = {
@@ -62,6 +90,62 @@ _AUTO_BY_TASK = {
     "causal": "AutoModelForCausalLM",
     "encoder": "AutoModel",
 }
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> cuda, then mps, then cpu; a named device is checked to exist here."""
+    import torch
+
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: this machine has no CUDA device "
+                            "(torch.cuda.is_available() is False); use --device cpu or auto.")
+        if ":" in device:
+            index = device.split(":", 1)[1]
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise UserError(f"--device {device}: there are {torch.cuda.device_count()} CUDA "
+                                "devices (cuda:0 ..).")
+        return device
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError("--device mps: Apple's MPS backend is not available on this machine.")
+        return "mps"
+    raise UserError(f"Unknown device '{device}'; choose auto, cpu, cuda, cuda:N or mps.")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """'auto' -> bfloat16 on a CUDA device that supports it, float32 elsewhere; float16 is
+    refused where the device cannot run it (the CPU)."""
+    import torch
+
+    dtype = (dtype or "auto").strip().lower()
+    if dtype not in DTYPES:
+        raise UserError(f"Unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}.")
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return "bfloat16"
+        return "float32"
+    if dtype == "float16" and device == "cpu":
+        raise UserError("--dtype float16 does not run on the CPU (many of its kernels are "
+                        "missing there); use bfloat16 or float32.")
+    if dtype == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--dtype bfloat16: {device} does not support it; use float16 or float32.")
+    return dtype
+
+
+def check_options(options: LoadOptions) -> tuple[str, str]:
+    """(device, dtype) the options resolve to here, or UserError with the reason."""
+    device = resolve_device(options.device)
+    return device, resolve_dtype(options.dtype, device)
 
 
 def _check_weights(folder: Path, allow_pickle: bool) -> bool:
@@ -80,13 +164,7 @@ def _check_weights(folder: Path, allow_pickle: bool) -> bool:
     return not safes
 
 
-def load_uncached(entry: ModelEntry, options: LoadOptions = LoadOptions()) -> Loaded:
-    import transformers
-    from transformers import AutoTokenizer
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-
+def _available(entry: ModelEntry, options: LoadOptions) -> None:
     if entry.needs_remote_code and not options.trust_remote_code:
         raise UserError(f"'{entry.name}' runs its own model code; start the dashboard with "
                         "--trust-remote-code to allow it.")
@@ -104,24 +182,98 @@ def load_uncached(entry: ModelEntry, options: LoadOptions = LoadOptions()) -> Lo
         raise UserError(f"Model '{entry.name}' is not available: {av.reason}. "
                         "The embedded models (tiny-bert, tiny-gpt2, tiny-llama, tiny-diffusion) "
                         "always are.")
+
+
+def _from_pretrained(entry: ModelEntry, options: LoadOptions, device: str, dtype: str):
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
     auto = getattr(transformers, _AUTO_BY_TASK[entry.task])
+    common = dict(trust_remote_code=options.trust_remote_code)
+    if options.revision:
+        common["revision"] = options.revision
     kwargs = dict(attn_implementation="eager", use_safetensors=None if options.allow_pickle else True,
-                  trust_remote_code=options.trust_remote_code)
+                  dtype=getattr(torch, dtype), **common)
+    tokenizer = AutoTokenizer.from_pretrained(entry.source, **common)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(entry.source,
-                                                  trust_remote_code=options.trust_remote_code)
         model = auto.from_pretrained(entry.source, **kwargs)
+    except ValueError as exc:  # remote code that does not take attn_implementation
+        if "attn_implementation" not in str(exc) and "attention" not in str(exc):
+            raise
+        kwargs.pop("attn_implementation")
+        model = auto.from_pretrained(entry.source, **kwargs)
+    placement = "one device"
+    try:
+        model.to(device)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+        if not device.startswith("cuda") or "out of memory" not in str(exc).lower():
+            raise
+        del model
+        torch.cuda.empty_cache()
+        model = auto.from_pretrained(entry.source, device_map="auto", **kwargs)
+        placement = "device_map=auto (accelerate): the model did not fit one device"
+    return model, tokenizer, placement
+
+
+def load_uncached(entry: ModelEntry, options: LoadOptions = LoadOptions()) -> Loaded:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    device, dtype = check_options(options)
+    _available(entry, options)
+    try:
+        model, tokenizer, placement = _from_pretrained(entry, options, device, dtype)
     except UserError:
         raise
     except Exception as exc:  # transformers raises many types; the user needs one message
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if options.revision and ("revision" in msg.lower() or "not a valid git" in msg.lower()):
+            raise UserError(f"Model '{entry.name}' has no revision '{options.revision}': "
+                            f"{msg[:200]}") from None
         raise UserError(f"Could not load model '{entry.name}': {msg[:300]}") from None
+    return prepare(entry, model, tokenizer, device=device, dtype=dtype, placement=placement)
+
+
+def prepare(entry: ModelEntry, model: Any, tokenizer: Any, device: str = "cpu",
+            dtype: str = "float32", placement: str = "one device") -> Loaded:
+    """A model made ready to be shared, once, by its owner: eval mode, weights frozen (the
+    attribution needs gradients with respect to inputs and head gates, never the weights': for
+    TinyLlama-1.1B those would be 4.4 GB more), the dashboard attention installed when it gives
+    eager's exact numbers, and the hook that records block L's output."""
+    from models import attention as attention_mod
+
     model.eval()
-    return Loaded(entry, model, tokenizer)
+    model.requires_grad_(False)
+    loaded = Loaded(entry, model, tokenizer, device=device, dtype=dtype, placement=placement)
+    if attention_mod.install(model):
+        loaded.attention = attention_mod.NAME
+    blocks = block_modules(model)
+    if blocks:
+        loaded.block_hook = attention_mod.install_block_hook(blocks[-1])
+    return loaded
 
 
-class ModelCache:
-    """A bounded least-recently-used cache of loaded models; thread-safe."""
+def block_modules(model) -> list:
+    """The transformer blocks in layer order, from the model's own output-recording declaration
+    (transformers 5: the class whose outputs are the hidden states), else the one ModuleList
+    with num_hidden_layers entries; [] when neither is found."""
+    import torch
+
+    spec = (getattr(model, "_can_record_outputs", None) or {}).get("hidden_states")
+    cls = getattr(spec, "target_class", spec)
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    if isinstance(cls, type):
+        mods = [m for m in model.modules() if isinstance(m, cls)]
+        if mods and (not n_layers or len(mods) == n_layers):
+            return mods
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers]
+    return list(lists[0]) if len(lists) == 1 else []
+
+
+class ModelStore:
+    """A bounded least-recently-used store of loaded models; thread-safe."""
 
     def __init__(self, max_models: int = 3):
         self.max_models = max_models
@@ -130,26 +282,28 @@ class ModelCache:
 
     def get(self, name: str, options: LoadOptions = LoadOptions()) -> Loaded:
         entry = resolve(name, allow_custom=options.allow_custom)
-        key = (entry.name, entry.source, options.trust_remote_code, options.allow_pickle)
+        device, dtype = check_options(options)
+        key = (entry.name, entry.source, options.trust_remote_code, options.allow_pickle, device,
+               dtype, options.revision)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-            loaded = load_uncached(entry, options)  # a failure leaves the cache untouched
-            # shared, inference only: attribution needs gradients with respect to inputs and
-            # head gates, never the weights' (for TinyLlama-1.1B those would be 4.4 GB more,
-            # and one more matrix product per layer in every backward pass)
-            loaded.model.requires_grad_(False)
+            loaded = load_uncached(entry, options)  # a failure leaves the store untouched
             self._items[key] = loaded
             while len(self._items) > self.max_models:
                 old_key = self._items.popitem(last=False)[0]  # no reference to the model kept:
-                log.info("evicted %s from the model cache", old_key[0])  # it is freed below
+                log.info("evicted %s from the model store", old_key[0])  # it is freed below
             settle_garbage()
             return loaded
 
     def names(self) -> list[str]:
         with self._lock:
             return [k[0] for k in self._items]
+
+    def loaded(self) -> list[Loaded]:
+        with self._lock:
+            return list(self._items.values())
 
     def clear(self) -> None:
         with self._lock:
@@ -160,8 +314,8 @@ class ModelCache:
 def settle_garbage() -> None:
     """Collect, then freeze what is left (gc.freeze): the long-lived objects of loaded models
     and the app (hundreds of thousands) are no longer scanned by later full collections, which
-    otherwise stop the server for ~0.5 s at random moments, e.g. in the middle of a layer
-    switch. Unfrozen first, so an evicted model's reference cycles are collected too."""
+    otherwise stop the server for ~0.5 s at random moments. Unfrozen first, so an evicted
+    model's reference cycles are collected too."""
     import gc
 
     gc.unfreeze()
@@ -169,14 +323,44 @@ def settle_garbage() -> None:
     gc.freeze()
 
 
-CACHE = ModelCache()
+MODELS = ModelStore()
 
 
 def load(name: str, options: LoadOptions = LoadOptions()) -> Loaded:
-    return CACHE.get(name, options)
+    return MODELS.get(name, options)
 
 
 def require_task(loaded: Loaded, tasks: tuple[str, ...], what: str) -> None:
     if loaded.task not in tasks:
         raise UserError(f"'{loaded.name}' is a {loaded.task} model; {what} needs a "
                         f"{' or '.join(tasks)} model.")
+
+
+# Below this many parameters a model runs fastest on one thread: its matrices are tiny, and on
+# a busy machine every multi-threaded (OpenMP/BLAS) region waits for a second core to be
+# scheduled (measured on the 2-core box under load: tiny-gpt2 analysis 5.1 s with two threads,
+# 0.09 s with one; all-MiniLM-L6, 23 M parameters, 2.9 s -> 0.13 s).
+SINGLE_THREAD_MAX_PARAMS = 50_000_000
+
+
+def set_threads(largest_params: int | None) -> int:
+    """Set torch's and BLAS's thread counts ONCE for the process (at start-up, from the largest
+    model it will run): one thread when every model is small, else one per core. Returns the
+    count. Nothing changes thread counts per request."""
+    import torch
+
+    n = 1 if largest_params is not None and largest_params <= SINGLE_THREAD_MAX_PARAMS else (
+        os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)  # numpy/scipy BLAS, process-wide and kept
+    except ImportError:  # pragma: no cover - declared in requirements
+        pass
+    return n
+
+
+# TEMPORARY (renovation in progress): old names, removed when every caller is moved
+CACHE = MODELS
+ModelCache = ModelStore

@@ -1,19 +1,18 @@
-"""What a model predicts: fill-mask top-k, next-token top-k, and continuation.
-
-Each returns the `predict --json` dict: {"model", "task", "prompt", "predictions": [{"token",
-"probability"}], "text"} (plus "masks" for several [MASK]s and "notices").
+"""What a model predicts: fill-mask top-k, next-token top-k (typed `Predictions`), and the
+continuation (a generation the caller asks for explicitly). `predict` gives the `predict --json`
+dict: {"model", "task", "prompt", "predictions": [{"token", "token_id", "probability"}], "text",
+"chat_template", "notices"} (plus "masks" for several [MASK]s).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.errors import UserError
+from models.common import UserError, context_limit, encode_prompt, prepare_input
 from models.loading import Loaded
-
-LONG_PREFILL = 512  # tokens; above this the continuation runs with fused attention
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -22,10 +21,49 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _top(tokenizer, probs: np.ndarray, k: int) -> list[dict]:
+@dataclass
+class TokenProb:
+    token: str
+    token_id: int
+    probability: float
+
+
+@dataclass
+class MaskFill:
+    position: int  # token position of the mask
+    top: list[TokenProb]
+
+
+@dataclass
+class Predictions:
+    """What the model predicts from the analysed ids: the top-k at the prediction position
+    (the last token of a causal model, the first [MASK] of a masked one), every mask's top-k,
+    and for fill-mask the sentence with each mask filled by its top-1."""
+
+    model: str
+    task: str
+    prompt: str
+    top: list[TokenProb] = field(default_factory=list)
+    masks: list[MaskFill] = field(default_factory=list)
+    filled: str = ""
+    chat_template: bool = False
+
+    def to_json(self, continuation: str | None = None) -> dict:
+        """`predict --json`; "text" is the continuation (causal) or the filled sentence."""
+        out = {"model": self.model, "task": self.task, "prompt": self.prompt,
+               "predictions": [vars(t) for t in self.top],
+               "text": self.filled if self.task != "causal" else (continuation or ""),
+               "chat_template": self.chat_template}
+        if len(self.masks) > 1:
+            out["masks"] = [{"position": m.position, "predictions": [vars(t) for t in m.top]}
+                            for m in self.masks]
+        return out
+
+
+def _top(tokenizer, probs: np.ndarray, k: int) -> list[TokenProb]:
     order = np.argsort(-probs)[:k]
-    return [{"token": tokenizer.decode([int(i)]).strip() or tokenizer.convert_ids_to_tokens(int(i)),
-             "token_id": int(i), "probability": float(probs[i])} for i in order]
+    return [TokenProb(tokenizer.decode([int(i)]).strip() or tokenizer.convert_ids_to_tokens(int(i)),
+                      int(i), float(probs[i])) for i in order]
 
 
 def check_top_k(top_k: int) -> int:
@@ -41,8 +79,9 @@ def mask_positions(loaded: Loaded, ids: list[int]) -> list[int]:
     return [i for i, t in enumerate(ids) if t == mask_id]
 
 
-def fill_mask_from_logits(loaded: Loaded, prompt: str, ids: list[int], logits: np.ndarray,
-                          top_k: int = 5, rows: list[int] | None = None) -> dict:
+def fill_mask(loaded: Loaded, prompt: str, ids: list[int], logits: np.ndarray,
+              top_k: int = 5, rows: list[int] | None = None, chat_template: bool = False
+              ) -> Predictions:
     """Top-k at every [MASK]; `logits  # [token, vocab]` from one forward pass, or only the
     positions `rows` of it (a Trace's logits and logit_rows)."""
     tok = loaded.tokenizer
@@ -54,29 +93,28 @@ def fill_mask_from_logits(loaded: Loaded, prompt: str, ids: list[int], logits: n
     filled = list(ids)
     for pos in positions:
         probs = _softmax(logits[pos if rows is None else rows.index(pos)])
-        masks.append({"position": pos, "predictions": _top(tok, probs, top_k)})
+        masks.append(MaskFill(pos, _top(tok, probs, top_k)))
         filled[pos] = int(np.argmax(probs))
-    text = tok.decode(filled, skip_special_tokens=True)
-    return {"model": loaded.name, "task": loaded.task, "prompt": prompt,
-            "predictions": masks[0]["predictions"], "masks": masks, "text": text}
+    return Predictions(loaded.name, loaded.task, prompt, masks[0].top, masks,
+                       tok.decode(filled, skip_special_tokens=True), chat_template)
 
 
-def next_token_from_logits(loaded: Loaded, prompt: str, logits: np.ndarray,
-                           top_k: int = 5) -> dict:
+def next_token(loaded: Loaded, prompt: str, logits: np.ndarray, top_k: int = 5,
+               chat_template: bool = False) -> Predictions:
+    """Top-k of the next token from `logits  # [row, vocab]` (the last row is read)."""
     probs = _softmax(logits[-1])
-    preds = _top(loaded.tokenizer, probs, top_k)
-    return {"model": loaded.name, "task": loaded.task, "prompt": prompt, "predictions": preds,
-            "text": preds[0]["token"]}
+    return Predictions(loaded.name, loaded.task, prompt, _top(loaded.tokenizer, probs, top_k),
+                       chat_template=chat_template)
 
 
 def continuation(loaded: Loaded, prompt: str, max_new_tokens: int = 12, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, use_chat_template: bool | None = None,
-                 trace=None) -> str:
-    """Greedy (temperature 0) or sampled continuation; the chat template for chat models.
-
-    `trace`: a capture of exactly these prompt ids with its KV cache (`Trace.cache`): a greedy
-    continuation then goes on from it instead of running the prompt through the model again
-    (the same tokens as `generate`; tested)."""
+                 top_p: float = 1.0, seed: int = 0, chat_template: bool = False,
+                 ids: list[int] | None = None) -> str:
+    """Greedy (temperature 0) or sampled continuation of exactly the ids that were analysed:
+    `ids` when given (a Trace's token_ids), else the prompt encoded as `encode_prompt` does (the
+    chat template only when `chat_template`). The input is never cut: near the end of the
+    context fewer tokens are generated. A generation, not an analysis: the caller asks for it
+    after the analysis (one prefill, then one forward pass per new token)."""
     import torch
 
     if not math.isfinite(temperature) or temperature < 0:
@@ -84,83 +122,42 @@ def continuation(loaded: Loaded, prompt: str, max_new_tokens: int = 12, temperat
     if not (0 < top_p <= 1):
         raise UserError(f"top-p must be in (0, 1], got {top_p}.")
     tok = loaded.tokenizer
-    chat = loaded.entry.chat if use_chat_template is None else use_chat_template
-    if chat and getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                       add_generation_prompt=True, tokenize=False)
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        if tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id):
-            ids = [tok.bos_token_id] + ids
-    else:
-        ids = tok(prompt)["input_ids"]
-    from analysis.capture import context_length
-
-    room = context_length(loaded) - max_new_tokens
-    if room < 1:
-        raise UserError(f"{max_new_tokens} new tokens do not fit the context of '{loaded.name}'.")
-    ids = ids[-room:]  # the most recent context when the prompt is longer than the model's window
-    if (trace is not None and getattr(trace, "cache", None) is not None and temperature == 0
-            and list(trace.token_ids) == list(ids)):
-        return _greedy_from_cache(loaded, trace, max_new_tokens)
-    torch.manual_seed(seed)
+    if ids is None:
+        ids = encode_prompt(tok, prompt, chat_template, loaded.name)
+    ids = list(ids)
+    max_new_tokens = min(max_new_tokens, (context_limit(loaded.model) or 2048) - len(ids))
+    if max_new_tokens < 1:
+        return ""
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id)
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:
         kwargs.update(do_sample=False)
-    from analysis.attribution import fused_attention
-
-    # a long prompt's prefill with eager attention holds [head, T, T] per layer: use SDPA
-    with torch.no_grad(), fused_attention(loaded.model, len(ids) > LONG_PREFILL):
-        out = loaded.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
-                                    dtype=torch.long), **kwargs)
+    x = torch.tensor([ids], device=loaded.torch_device)
+    with loaded.lock, torch.no_grad():
+        torch.manual_seed(seed)
+        out = loaded.model.generate(x, attention_mask=torch.ones_like(x), **kwargs)
     return tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
 
-def _greedy_from_cache(loaded: Loaded, trace, max_new_tokens: int) -> str:
-    """Greedy decoding that starts from a capture's last logits and KV cache; stops after an
-    end-of-sequence token as `generate` does."""
-    import torch
-
-    from models.generation import cache_keyword
-
-    model, tok = loaded.model, loaded.tokenizer
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = tok.eos_token_id
-    stops = set(eos if isinstance(eos, list | tuple) else [eos]) - {None}
-    kw = cache_keyword(model)
-    cache, out_ids = trace.cache, []
-    nxt = int(np.argmax(trace.logits_at(-1)))
-    with torch.no_grad():
-        for step in range(max_new_tokens):
-            out_ids.append(nxt)
-            if nxt in stops or step == max_new_tokens - 1:
-                break
-            out = model(input_ids=torch.tensor([[nxt]]), use_cache=True, **{kw: cache})
-            cache = out.past_key_values
-            nxt = int(out.logits[0, -1].argmax())
-    return tok.decode(out_ids, skip_special_tokens=True).strip()
-
-
 def predict(loaded: Loaded, prompt: str, top_k: int = 5, max_new_tokens: int = 12,
-            temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> dict:
+            temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+            chat_template: bool = False) -> dict:
     """The `predict --json` dict for any model (runs its own forward pass)."""
     import torch
-
-    from analysis.capture import encode
 
     check_top_k(top_k)
     if loaded.task == "encoder":
         raise UserError(f"'{loaded.name}' is an encoder without an LM head; it predicts nothing. "
                         "Use `analyze` to look inside it.")
-    ids, notices = encode(loaded, prompt)
-    with torch.no_grad():
-        logits = loaded.model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+    ids, notices = prepare_input(loaded, prompt, chat_template=chat_template)
+    with loaded.lock, torch.no_grad():
+        logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.torch_device)
+                              ).logits[0].float().cpu().numpy()
     if loaded.task in ("fill-mask", "diffusion"):
-        out = fill_mask_from_logits(loaded, prompt, ids, logits, top_k)
+        out = fill_mask(loaded, prompt, ids, logits, top_k, chat_template=chat_template).to_json()
     else:
-        out = next_token_from_logits(loaded, prompt, logits, top_k)
-        out["text"] = continuation(loaded, prompt, max_new_tokens, temperature, top_p, seed)
+        text = continuation(loaded, prompt, max_new_tokens, temperature, top_p, seed, ids=ids)
+        out = next_token(loaded, prompt, logits, top_k, chat_template).to_json(text)
     out["notices"] = notices
     return out

@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.errors import UserError
+from models.common import UserError
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,33 @@ class ModelEntry:
     description: str = ""
     chat: bool = False  # has a chat template worth using for continuation
     needs_remote_code: bool = False
+    # the words the model was trained to copy (the induction probe draws from them); empty:
+    # probe with random whole-word tokens of its vocabulary
+    probe_words: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
 
+def _trained_copy_words(folder: Path) -> tuple[str, ...]:
+    """The embedded models saw repeated random sequences of models.corpus.POOL only (their
+    training.json's corpus_config; "repeat_pool" absent means POOL): their induction heads work
+    on those words (tiny-llama: 98% of a third copy of a POOL sequence predicted, 2% for other
+    corpus words), so those are the words to probe them with."""
+    try:
+        facts = json.loads((folder / "training.json").read_text())
+    except (OSError, ValueError):
+        return ()
+    corpus = facts.get("corpus_config") or {}
+    if not corpus.get("repeats") or corpus.get("repeat_pool", "pool") != "pool":
+        return ()
+    from models.corpus import POOL
+
+    return tuple(POOL)
+
+
 def _embedded(name: str, task: str, description: str, chat: bool = False) -> ModelEntry:
-    return ModelEntry(name, "embedded", task, str(EMBEDDED_DIR / name), description, chat)
+    folder = EMBEDDED_DIR / name
+    return ModelEntry(name, "embedded", task, str(folder), description, chat,
+                      probe_words=_trained_copy_words(folder))
 
 
 EMBEDDED = [

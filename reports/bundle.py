@@ -6,9 +6,10 @@ Layout (every path inside the ZIP):
     attention_<model>.npy  hidden_states_<model>.npy  report.pdf  session_log.html
     figures/<figure>.png  figures/layer_transition_<model>.gif
 
-The arrays are the ones the layer metrics were computed from (`ModelResult.metrics_trace`:
-in corpus mode every prompt's rows stacked, attention block-diagonal, the segments recorded in
-the manifest), so every number of layer_metrics.csv can be recomputed from the NPY files.
+The arrays are the ones the layer metrics were computed from (the capture's hidden states,
+layer L being block L's output before the final norm, and attention), so every number of
+layer_metrics.csv can be recomputed from the NPY files. The greedy continuation is a generation
+asked for after the analysis: the writers take it beside the analysis (`continuations`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.result import HEAD_COLUMNS, LAYER_COLUMNS, Analysis, ModelResult
+from analysis.result import (
+    HEAD_COLUMNS,
+    HEAD_EXTRA_COLUMNS,
+    LAYER_COLUMNS,
+    TWONN_INTERVAL_COLUMNS,
+    Analysis,
+    ModelResult,
+)
 from reports import figures as figs
 from reports import pdf as pdf_mod
 
@@ -39,21 +47,21 @@ _STORED = (".png", ".gif", ".pdf")  # already compressed: stored, not deflated
 
 
 def analysis_log_entry(analysis: Analysis, action: str = "analyze") -> dict:
-    """One session-log entry describing an analysis: time, settings and a results summary."""
+    """One session-log entry describing an analysis: time, settings and a results summary.
+    Written once, complete (a continuation gets its own entry, `continuation_log_entry`)."""
     summary = {}
     for r in analysis.results:
-        preds = (r.predictions or {}).get("predictions") or []
-        top = preds[0] if preds else None
-        ind = max(r.head_metrics, key=lambda h: h.get("induction_score") or -1.0, default=None)
-        last = r.layer_metrics[-1] if r.layer_metrics else {}
+        top = r.predictions.top[0] if r.predictions and r.predictions.top else None
+        layer, head, score = r.heads.top("induction_score")
         summary[r.name] = {
             "layers": r.trace.n_layers, "heads": r.trace.n_heads, "tokens": r.trace.n_tokens,
-            "prediction": (f"{top['token']} ({top['probability']:.3f})" if top else None),
-            "text": (r.predictions or {}).get("text") or None,
-            "top induction head": (f"L{ind['layer']}H{ind['head']} "
-                                   f"({ind['induction_score']:.3f})"
-                                   if ind and ind.get("induction_score") is not None else None),
-            "last-layer effective rank": last.get("effective_rank"),
+            "chat template": r.trace.chat_template,
+            "prediction": (f"{top.token} ({top.probability:.3f})" if top else None),
+            "filled": (r.predictions.filled or None) if r.predictions else None,
+            "top induction head": (f"L{layer}H{head} ({score:.3f})" if score is not None
+                                   else None),
+            "last-layer effective rank": r.layers.value("effective_rank", r.layers.n_layers),
+            "device": f"{r.info.device} ({r.info.dtype})",
             "seconds": round(r.seconds, 3),
         }
     return {"time": analysis.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -143,20 +151,31 @@ def _csv_value(v) -> str:
     return str(v)
 
 
+def continuation_log_entry(analysis: Analysis, continuations: dict[str, str | None],
+                           seconds: float | None = None) -> dict:
+    """The session-log entry of the greedy continuations of an analysis's causal models."""
+    return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "action": "continuation", "models": [m for m, t in continuations.items()
+                                                 if t is not None],
+            "prompts": list(analysis.prompts), "seconds": seconds,
+            "summary": {m: {"text": t} for m, t in continuations.items() if t is not None}}
+
+
 def _write_csvs(analysis: Analysis, folder: Path) -> None:
     with open(folder / "layer_metrics.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["model", "layer"] + LAYER_COLUMNS)
+        columns = LAYER_COLUMNS + TWONN_INTERVAL_COLUMNS
+        w.writerow(["model", "layer"] + columns)
         for r in analysis.results:
-            for m in r.layer_metrics:
-                w.writerow([r.name, m["layer"]] + [_csv_value(m.get(c)) for c in LAYER_COLUMNS])
+            for m in r.layers.rows():
+                w.writerow([r.name, m["layer"]] + [_csv_value(m.get(c)) for c in columns])
     with open(folder / "head_metrics.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["model", "layer", "head"] + HEAD_COLUMNS)
+        columns = HEAD_COLUMNS + HEAD_EXTRA_COLUMNS
+        w.writerow(["model", "layer", "head"] + columns)
         for r in analysis.results:
-            for h in r.head_metrics:
-                w.writerow([r.name, h["layer"], h["head"]]
-                           + [_csv_value(h.get(c)) for c in HEAD_COLUMNS])
+            for h in r.heads.rows():
+                w.writerow([r.name, h["layer"], h["head"]] + [_csv_value(h.get(c)) for c in columns])
 
 
 def _write_json(path: Path, obj) -> None:
@@ -174,7 +193,7 @@ def _json_default(o):
 
 def _write_arrays(result: ModelResult, stem: str, folder: Path) -> dict:
     """attention_<stem>.npy and hidden_states_<stem>.npy; returns their manifest entries."""
-    t = result.metrics_trace
+    t = result.trace
     att = np.ascontiguousarray(t.attentions, dtype=np.float32)  # [layer, head, query, key]
     over = att.nbytes > FLOAT16_LIMIT_BYTES
     if over:
@@ -207,20 +226,15 @@ def _sha256(path: Path) -> str:
 def _manifest(analysis: Analysis, names: dict[str, str], arrays: dict, files: dict) -> dict:
     models = []
     for r in analysis.results:
-        s, t = r.source, r.metrics_trace
-        entry = {"name": r.name, "file_name": names[r.name], "source": s.get("source"),
-                 "revision": s.get("revision"), "class": s.get("class"),
-                 "family": s.get("family"), "task": r.trace.task,
-                 "n_layers": s.get("n_layers", r.trace.n_layers),
-                 "n_heads": s.get("n_heads", r.trace.n_heads),
-                 "hidden_size": s.get("hidden_size", int(r.trace.hidden.shape[-1])),
-                 "params": s.get("params"), "causal": bool(r.trace.causal),
-                 "n_tokens": t.n_tokens, "corpus_mode": r.pooled is not None,
+        t = r.trace
+        entry = {**r.info.to_json(), "file_name": names[r.name], "task": t.task,
+                 "causal": bool(t.causal), "n_tokens": t.n_tokens,
+                 "chat_template": bool(t.chat_template),
+                 "last_layer": ("block L's output before the final norm" if not
+                                t.last_layer_normed else "the model's final (normed) state"),
                  "attention_file": f"attention_{names[r.name]}.npy",
                  "hidden_states_file": f"hidden_states_{names[r.name]}.npy",
-                 "notices": list(r.trace.notices), "seconds": round(r.seconds, 3)}
-        if r.pooled is not None:
-            entry["segments"] = [[int(a), int(b)] for a, b in t.segments]
+                 "notices": list(t.notices), "seconds": round(r.seconds, 3)}
         models.append(entry)
     return {"format": BUNDLE_FORMAT, "prompts": list(analysis.prompts), "models": models,
             "seed": analysis.seed, "settings": dict(analysis.settings),
@@ -230,14 +244,17 @@ def _manifest(analysis: Analysis, names: dict[str, str], arrays: dict, files: di
 
 
 def build_folder(analysis: Analysis, folder: str | os.PathLike,
-                 session_log: list[dict] | None = None) -> list[str]:
+                 session_log: list[dict] | None = None,
+                 continuations: dict[str, str | None] | None = None) -> list[str]:
     """Write every bundle file into `folder`; returns the archive names, manifest first."""
     folder = Path(folder)
+    continuations = continuations or {}
     names = figs.model_file_names(analysis)
     _write_csvs(analysis, folder)
-    _write_json(folder / "predictions.json", {r.name: r.predictions for r in analysis.results})
-    _write_json(folder / "tokens.json", {r.name: list(r.metrics_trace.tokens)
-                                         for r in analysis.results})
+    _write_json(folder / "predictions.json",
+                {r.name: (r.predictions.to_json(continuations.get(r.name)) if r.predictions
+                          else None) for r in analysis.results})
+    _write_json(folder / "tokens.json", {r.name: list(r.trace.tokens) for r in analysis.results})
     arrays: dict = {}
     for r in analysis.results:
         arrays.update(_write_arrays(r, names[r.name], folder))
@@ -247,9 +264,11 @@ def build_folder(analysis: Analysis, folder: str | os.PathLike,
         figs.layer_transition_gif(r, fig_dir / f"layer_transition_{names[r.name]}.gif",
                                   kind="both")
     log_entries = session_log if session_log is not None else [analysis_log_entry(analysis)]
+    if session_log is None and any(v is not None for v in continuations.values()):
+        log_entries.append(continuation_log_entry(analysis, continuations))
     (folder / "session_log.html").write_text(session_log_html(log_entries), encoding="utf-8")
     pdf_mod.write_pdf(analysis, folder / "report.pdf", figures_png=pngs,
-                      session_log=log_entries)
+                      session_log=log_entries, continuations=continuations)
     archive = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     files = {n: {"sha256": _sha256(folder / n), "bytes": (folder / n).stat().st_size}
              for n in archive}
@@ -265,7 +284,8 @@ def _zip_folder(folder: Path, names: list[str], dest) -> None:
 
 
 def write_bundle(analysis: Analysis, out_path: str | os.PathLike,
-                 session_log: list[dict] | None = None) -> Path:
+                 session_log: list[dict] | None = None,
+                 continuations: dict[str, str | None] | None = None) -> Path:
     """Build the bundle in a temporary folder, zip it next to `out_path`, then move it in place.
 
     No half-written ZIP is ever visible at `out_path`: on any error the temporary files are
@@ -275,7 +295,7 @@ def write_bundle(analysis: Analysis, out_path: str | os.PathLike,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
         folder = Path(tmp)
-        names = build_folder(analysis, folder, session_log)
+        names = build_folder(analysis, folder, session_log, continuations)
         fd, part = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part",
                                     dir=out_path.parent)
         try:

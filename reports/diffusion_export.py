@@ -2,7 +2,9 @@
 
 They take a ``models.generation.GenerationResult`` and nothing else (presentation takes plain
 data). Colours are the same everywhere: grey = still masked (or, autoregressive, not generated
-yet), green = committed in this step, blue = committed earlier.
+yet), green = committed in this step, blue = committed earlier; the end-of-sequence token and
+every position after it (canvas the model filled, not content) are drawn faded but shown. An
+autoregressive run shows the positions it wrote (it stops at its end-of-sequence token).
 """
 
 from __future__ import annotations
@@ -19,27 +21,44 @@ GREY = (205, 205, 205)
 GREEN = (120, 200, 120)
 BLUE = (150, 185, 240)
 INK = (30, 30, 30)
+FADED_INK = (140, 140, 140)
 BACKGROUND = (255, 255, 255)
 MAX_FRAMES = 150  # longer traces are subsampled evenly (first and last frame always kept)
 MAX_TOKEN_CHARS = 14
 
 
-def _frames(result: Any) -> list[tuple[int, list[str], set[int]]]:
-    """(step, tokens, positions committed since the previous frame); step 0 = all masked."""
+def _shown(result: Any) -> int:
+    """Positions drawn: the canvas; for an autoregressive run the tokens it wrote."""
     n = len(result.trace[0].tokens) if result.trace else result.length
-    frames = [(0, [result.mask_token] * n, set())]
+    if result.paradigm == "autoregressive" and result.trace:
+        n = min(n, len(result.trace))
+    return n
+
+
+def _frames(result: Any) -> list[tuple[int, list[str], set[int], int | None]]:
+    """(step, tokens, positions committed since the previous frame, first end-of-sequence
+    position or None); step 0 = all masked."""
+    n = _shown(result)
+    frames = [(0, [result.mask_token] * n, set(), None)]
     for r in result.trace:
-        frames.append((r.step, list(r.tokens), {c["position"] for c in r.committed}))
+        frames.append((r.step, list(r.tokens)[:n], {c["position"] for c in r.committed},
+                       getattr(r, "end", None)))
     if len(frames) <= MAX_FRAMES:
         return frames
     keep = sorted({round(i * (len(frames) - 1) / (MAX_FRAMES - 1)) for i in range(MAX_FRAMES)})
     out, pending = [], set()
-    for i, (step, tokens, new) in enumerate(frames):
+    for i, (step, tokens, new, end) in enumerate(frames):
         pending |= new
         if i in keep:
-            out.append((step, tokens, pending))
+            out.append((step, tokens, pending, end))
             pending = set()
     return out
+
+
+def _faded(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A colour washed out towards light grey (positions after the end of sequence)."""
+    grey = sum(colour) / 3
+    return tuple(int(0.35 * (0.5 * c + 0.5 * grey) + 0.65 * 238) for c in colour)
 
 
 def _font(size: int):
@@ -79,7 +98,7 @@ def gif_bytes(result: Any, width: int = 900, frame_ms: int = 600) -> bytes:
     total = len(result.trace)
     title = f"{result.model} · {result.paradigm} · {result.prompt}"
     images = []
-    for step, tokens, new in frames:
+    for step, tokens, new, end in frames:
         img = Image.new("RGB", (width, height), BACKGROUND)
         draw = ImageDraw.Draw(img)
         draw.text((pad, 10), title[:110], fill=INK, font=small)
@@ -92,11 +111,14 @@ def gif_bytes(result: Any, width: int = 900, frame_ms: int = 600) -> bytes:
         for p, (tok, box) in enumerate(zip(tokens, boxes, strict=True)):
             masked = tok == result.mask_token
             colour = GREY if masked else GREEN if p in new else BLUE
-            draw.rounded_rectangle(box, radius=5, fill=colour)
-            draw.text((box[0] + 6, box[1] + 6), _short(tok), fill=INK, font=font)
+            past = end is not None and p >= end
+            draw.rounded_rectangle(box, radius=5, fill=_faded(colour) if past else colour)
+            draw.text((box[0] + 6, box[1] + 6), _short(tok), fill=FADED_INK if past else INK,
+                      font=font)
         ly = height - 26
         lx = pad
-        for colour, label in ((GREY, "masked"), (GREEN, "new this step"), (BLUE, "committed")):
+        for colour, label in ((GREY, "masked"), (GREEN, "new this step"), (BLUE, "committed"),
+                              (_faded(BLUE), "end of sequence and after (not content)")):
             draw.rectangle([lx, ly, lx + 14, ly + 14], fill=colour)
             draw.text((lx + 20, ly), label, fill=INK, font=small)
             lx += 140
@@ -145,6 +167,7 @@ button{padding:4px 12px;font-size:14px;cursor:pointer}
 .tok{padding:4px 8px;border-radius:5px;font-family:ui-monospace,Menlo,monospace;font-size:14px;
 cursor:pointer;white-space:pre}
 .masked{background:#cdcdcd;color:#555}.new{background:#78c878}.old{background:#96b9f0}
+.after-end{opacity:.38;filter:grayscale(1)}
 .sel{outline:2px solid #222}
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;border-radius:3px}
 #details{font-size:13px;margin-top:8px}
@@ -164,7 +187,8 @@ table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ee
 <span id="label"></span>
 </div>
 <div class="legend meta"><span class="masked"></span>masked<span class="new"></span>committed
-this step<span class="old"></span>committed earlier &middot; click a token for its candidates;
+this step<span class="old"></span>committed earlier<span class="old after-end"></span>the
+end-of-sequence token and after (not content) &middot; click a token for its candidates;
 left/right arrows step</div>
 <div id="tokens"></div>
 <div id="details"></div>
@@ -175,23 +199,29 @@ left/right arrows step</div>
 (function () {
   var D = JSON.parse(document.getElementById("data").textContent);
   var trace = D.trace, N = trace.length, n = N ? trace[0].tokens.length : D.length;
+  if (D.paradigm === "autoregressive" && N) n = Math.min(n, N);  // the tokens it wrote
   var cur = N, selected = null, timer = null;
   var slider = document.getElementById("slider");
   slider.max = N;
   document.getElementById("title").textContent = D.model + " \\u00b7 " + D.paradigm;
   document.getElementById("meta").textContent = "strategy " + D.strategy +
-    " \\u00b7 length " + D.length + " \\u00b7 steps " + D.steps + " \\u00b7 NFE " + D.nfe +
-    " \\u00b7 " + D.seconds.toFixed(3) + " s \\u00b7 " + D.tokens_per_second.toFixed(1) +
-    " tokens/s" + (D.threshold === null ? "" : " \\u00b7 threshold " + D.threshold);
+    " \\u00b7 " + D.generated_tokens + " content tokens of " + D.positions + " positions" +
+    " \\u00b7 steps " + D.steps + " \\u00b7 forward passes (NFE) " + D.nfe +
+    " \\u00b7 " + (D.nfe ? (D.generated_tokens / D.nfe).toFixed(2) : "0") +
+    " content tokens per forward pass \\u00b7 " + D.seconds.toFixed(3) + " s \\u00b7 " +
+    D.tokens_per_second.toFixed(1) + " content tokens/s" +
+    (D.threshold === null ? "" : " \\u00b7 threshold " + D.threshold);
   document.getElementById("prompt").textContent = D.prompt;
   document.getElementById("text").textContent = D.text;
   function tokensAt(i) {
     if (i === 0) { var t = []; for (var k = 0; k < n; k++) t.push(D.mask_token); return t; }
-    return trace[i - 1].tokens;
+    return trace[i - 1].tokens.slice(0, n);
   }
   function el(tag, text) { var e = document.createElement(tag); e.textContent = text; return e; }
   function render() {
     var toks = tokensAt(cur), fresh = {}, conf = {};
+    var end = cur > 0 && trace[cur - 1].end !== null && trace[cur - 1].end !== undefined ?
+      trace[cur - 1].end : -1;
     if (cur > 0) trace[cur - 1].committed.forEach(function (c) {
       fresh[c.position] = true; conf[c.position] = c.confidence; });
     var box = document.getElementById("tokens");
@@ -199,8 +229,10 @@ left/right arrows step</div>
     toks.forEach(function (t, p) {
       var s = el("span", t);
       s.className = "tok " + (t === D.mask_token ? "masked" : (fresh[p] ? "new" : "old")) +
-        (p === selected ? " sel" : "");
-      s.title = "position " + p + (p in conf ? " \\u00b7 confidence " + conf[p].toFixed(4) : "");
+        (p === selected ? " sel" : "") + (end >= 0 && p >= end ? " after-end" : "");
+      s.title = "position " + p + (p in conf ? " \\u00b7 confidence " + conf[p].toFixed(4) : "") +
+        (end >= 0 && p >= end ? " \\u00b7 " + (p === end ? "end of sequence" :
+         "after the end of sequence") + " (not content)" : "");
       s.addEventListener("click", function () { selected = p; render(); });
       box.appendChild(s);
     });

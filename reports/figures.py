@@ -60,6 +60,8 @@ METRIC_LABELS = {
     "cosine_to_input": "cosine to input",
     "anisotropy": "anisotropy",
     "attention_entropy": "attention entropy",
+    "intrinsic_dim_twonn_ci_low": "TwoNN 95% low",
+    "intrinsic_dim_twonn_ci_high": "TwoNN 95% high",
 }
 
 
@@ -145,15 +147,20 @@ def _tick_fontsize(n: int) -> float:
 
 
 def set_token_ticks(ax, tokens: Sequence[str], axis: str = "x", start: int = 0,
-                    show_index: bool = False, as_text: bool = False) -> float:
+                    show_index: bool = False, as_text: bool = False,
+                    indices: Sequence[int] | None = None) -> float:
     """Token labels on an image axis; every k-th label (k = ceil(T / 60)) when T > 60.
+
+    `show_index`: each label starts with its position, `start + i`, or `indices[i]` when the
+    columns are not consecutive positions.
 
     `as_text`: plain texts beside the axis instead of ticks (a tick is four artists; for the
     figures a layer or head switch redraws); returns the inches the labels take across."""
     n = len(tokens)
     step = _tick_step(n)
     pos = list(range(0, n, step))
-    labels = [(f"{start + i}:" if show_index else "") + token_label(tokens[i]) for i in pos]
+    where_is = (lambda i: indices[i]) if indices is not None else (lambda i: start + i)
+    labels = [(f"{where_is(i)}:" if show_index else "") + token_label(tokens[i]) for i in pos]
     fs = _tick_fontsize(len(pos))
     longest = max((len(s) for s in labels), default=1)
     rotation = 0
@@ -193,22 +200,13 @@ def _nan(v) -> float:
 
 
 def _layer_table(result: ModelResult) -> tuple[np.ndarray, np.ndarray]:
-    """(layers [L + 1], values [L + 1, len(LAYER_COLUMNS)]) with NaN for None."""
-    rows = result.layer_metrics
-    layers = np.array([r["layer"] for r in rows])
-    vals = np.array([[_nan(r.get(c)) for c in LAYER_COLUMNS] for r in rows], dtype=np.float64)
-    return layers, vals
+    """(layers [L + 1], values [L + 1, len(LAYER_COLUMNS)]) with NaN where undefined."""
+    return np.arange(result.layers.n_layers + 1), result.layers.table()
 
 
 def head_matrix(result: ModelResult, key: str) -> np.ndarray:
-    """A head metric as `[layer, head]` float64 (NaN for None) from `result.head_metrics`."""
-    t = result.trace
-    out = np.full((t.n_layers, t.n_heads), np.nan)
-    for h in result.head_metrics:
-        v = h.get(key)
-        if v is not None:
-            out[h["layer"] - 1, h["head"]] = float(v)
-    return out
+    """A head metric as `[layer, head]` float64 (NaN where undefined)."""
+    return np.asarray(result.heads.score(key), dtype=np.float64)
 
 
 def _annotate(ax, im, data: np.ndarray, fmt: str = "", fontsize: float = 7.0,
@@ -327,7 +325,11 @@ def layer_metric_curves(analysis: Analysis) -> Figure:
                 any_value = True
             ax.plot(depth, y, marker=markers[i % len(markers)], markersize=4, linewidth=1.5,
                     color=palette[i], label=f"{r.name} (L={r.trace.n_layers})")
-        ax.set_title(METRIC_LABELS.get(col, col))
+            if col == "intrinsic_dim_twonn":  # its 95% bootstrap interval as a band
+                lo, hi = r.layers.intrinsic_dim_twonn_ci_low, r.layers.intrinsic_dim_twonn_ci_high
+                ax.fill_between(depth, lo, hi, color=palette[i], alpha=0.18, linewidth=0)
+        ax.set_title(METRIC_LABELS.get(col, col) + (" (band: 95% interval)"
+                                                     if col == "intrinsic_dim_twonn" else ""))
         ax.set_xlim(-0.04, 1.04)
         ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
         if k // ncols == nrows - 1:
@@ -633,48 +635,37 @@ def head_mosaic(att: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
     return mosaic, origins
 
 
-def head_role(h: dict, threshold: float = 0.4) -> str:
-    """The dominant role of one head_metrics row: previous/first/self/induction, else mixed."""
-    scores = {"previous": h.get("previous_token_score"), "first": h.get("first_token_score"),
-              "self": h.get("self_score"), "induction": h.get("induction_score")}
-    scores = {k: v for k, v in scores.items() if v is not None}
-    if not scores:
-        return "mixed"
-    best = max(scores, key=scores.get)
-    return best if scores[best] >= threshold else "mixed"
-
-
 ROLE_MARKERS = {"previous": "<", "first": "s", "self": "o", "induction": "*", "mixed": "X"}
 
 
 @_styled
 def head_clusters(result: ModelResult) -> Figure:
     """Heads in the 2-D projection of their behaviour features, coloured by cluster."""
-    proj = np.asarray(result.head_projection, dtype=np.float64)
-    heads = result.head_metrics
-    if proj.size == 0 or len(heads) == 0:
+    proj = np.asarray(result.heads.projection, dtype=np.float64)
+    labels = result.heads.cluster.reshape(-1)
+    n = labels.size
+    if proj.size == 0 or n == 0:
         return message_figure("no heads to cluster", title=f"{result.name}: head clusters")
-    n = len(heads)
+    n_heads = result.heads.shape[1]
     fig = _figure(8.0 if n <= 64 else 10.0, 6.0 if n <= 64 else 7.5)
     ax = fig.add_subplot()
-    clusters = sorted({int(h["cluster"]) for h in heads})
+    clusters = sorted({int(c) for c in labels})
     palette = sns.color_palette("tab10", max(3, len(clusters)))
-    roles = [head_role(h) for h in heads]
+    roles = [str(r) for r in result.heads.role.reshape(-1)]
     for ci, c in enumerate(clusters):
         for role, marker in ROLE_MARKERS.items():
-            idx = [i for i, h in enumerate(heads) if int(h["cluster"]) == c and roles[i] == role]
+            idx = [i for i in range(n) if int(labels[i]) == c and roles[i] == role]
             if idx:
                 ax.scatter(proj[idx, 0], proj[idx, 1], s=110 if role == "induction" else 55,
                            marker=marker, color=palette[ci % len(palette)], edgecolor="black",
                            linewidth=0.5, zorder=3)
     fs = 7 if n <= 48 else (6 if n <= 150 else 5)
     # with many heads label only those with a clear role (the rest would be an unreadable blur)
-    labelled = [i for i, h in enumerate(heads) if n <= MAX_HEAD_LABELS or roles[i] != "mixed"]
+    labelled = [i for i in range(n) if n <= MAX_HEAD_LABELS or roles[i] != "mixed"]
     if len(labelled) > MAX_HEAD_LABELS:
         labelled = []
     for i in labelled:
-        h = heads[i]
-        ax.annotate(f"L{h['layer']}H{h['head']}", (proj[i, 0], proj[i, 1]), fontsize=fs,
+        ax.annotate(f"L{i // n_heads + 1}H{i % n_heads}", (proj[i, 0], proj[i, 1]), fontsize=fs,
                     xytext=(3, 3), textcoords="offset points", color="#333333")
     from matplotlib.lines import Line2D
 
@@ -700,14 +691,14 @@ def head_clusters(result: ModelResult) -> Figure:
 @_styled
 def token_attribution(result: ModelResult) -> Figure:
     """Gradient x input and attention rollout per token for the predicted token."""
-    attr = result.token_attribution or {}
-    gxi = list(attr.get("grad_x_input") or [])
-    roll = list(attr.get("rollout") or [])
-    if not gxi and not roll:
+    attr = result.attribution
+    if attr is None:
         return message_figure("no prediction to attribute",
                               title=f"{result.name}: token attribution")
+    gxi = [] if attr.grad_x_input is None else list(attr.grad_x_input)
+    roll = list(attr.rollout)
     tokens = result.trace.tokens
-    pos = attr.get("position")
+    pos = attr.position
     n = len(tokens)
     panels = [(name, np.asarray(v, dtype=np.float64)) for name, v in
               (("gradient × input", gxi), ("attention rollout", roll)) if v]
@@ -729,7 +720,7 @@ def token_attribution(result: ModelResult) -> Figure:
     set_token_ticks(axes[-1], tokens, "x")
     if not gxi:
         axes[0].set_title("(gradient × input not computed)", fontsize=9)
-    target = attr.get("target", "?")
+    target = attr.target
     where = (f" at position {pos} (“{token_label(tokens[pos])}”)"
              if pos is not None and 0 <= pos < n else "")
     _suptitle(fig, f"{result.name}: why “{token_label(target, 24)}”? "
@@ -739,44 +730,47 @@ def token_attribution(result: ModelResult) -> Figure:
 
 @_styled
 def head_attribution_heatmap(result: ModelResult) -> Figure:
-    """Layers x heads of each head's effect on the predicted token's log-probability."""
-    attr = result.token_attribution or {}
-    data = np.asarray(result.head_attribution, dtype=np.float64)
-    if not attr or data.size == 0:
+    """Layers x heads of each head's support for the prediction: log p(target | all heads) -
+    log p(target | head removed), exact (ablation) or its first-order estimate (gradient)."""
+    attr = result.attribution
+    if attr is None or result.heads.attribution is None:
         return message_figure("no prediction to attribute",
                               title=f"{result.name}: head attribution")
+    data = np.asarray(result.heads.attribution, dtype=np.float64)
     n_layers, n_heads = data.shape
     fig = _figure(0.55 * n_heads + 3.2, 0.4 * n_layers + 2.0)
     ax = fig.add_subplot()
     lim = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 0.0
     lim = lim if lim > 0 else 1.0
-    im = _heatmap(fig, ax, data, "RdBu_r", "Δ log p(target)",
+    im = _heatmap(fig, ax, data, "RdBu_r", "support = log p(all) − log p(head removed)",
              norm=TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim))
     if n_layers * n_heads <= 120:
         _annotate(ax, im, data, ".2g", 6.5)
     _layer_head_axes(ax, n_layers, n_heads)
-    method = attr.get("head_method", "gradient")
-    how = ("exact change when the head is zeroed" if method == "ablation"
+    method = result.heads.attribution_method
+    how = ("exact, by ablation" if method == "ablation"
            else "first-order (gradient) estimate")
-    _title(fig, ax, f"{result.name}: head effect on log p(“{token_label(attr.get('target', '?'))}”)"
-           f"\n{how}", fontsize=10)
+    _title(fig, ax, f"{result.name}: head support for “{token_label(attr.target)}”"
+           f" ({how}); red supports", fontsize=10)
     return fig
 
 
 @_styled
 def logit_lens(result: ModelResult) -> Figure:
     """Top-token probability at every layer 0..L and position, the top token written in the cell."""
-    lens = result.logit_lens or {}
-    probs = np.asarray(lens.get("top_probs", np.zeros((0, 0))), dtype=np.float64)
-    tops = lens.get("top_tokens") or []
-    if probs.size == 0 or not tops:
+    lens = result.lens
+    if lens is None or not lens.top_tokens:
         return message_figure("this model has no LM head: no logit lens",
                               title=f"{result.name}: logit lens")
     tokens = result.trace.tokens
     n = len(tokens)
-    positions = list(lens.get("positions") or range(probs.shape[1]))  # older results: all
-    start = max(positions[0] if positions else 0, n - LENS_POSITIONS)
-    cols = [i for i, p in enumerate(positions) if p >= start]
+    probs = np.asarray(lens.top_probs, dtype=np.float64)
+    tops = lens.top_tokens
+    positions = list(lens.positions)
+    # at most the last LENS_POSITIONS columns, plus the position(s) whose prediction is shown
+    window = set(sorted(positions)[-LENS_POSITIONS:]) | set(lens.predicted)
+    cols = [i for i, p in enumerate(positions) if p in window]
+    positions = [positions[i] for i in cols]
     probs = probs[:, cols]
     texts = [[token_label(row[i], 9) for i in cols] for row in tops]
     n_layers1, shown = probs.shape
@@ -787,13 +781,14 @@ def logit_lens(result: ModelResult) -> Figure:
     if n_layers1 > 30:
         fs = 5
     _annotate(ax, im, probs, "", fs, texts=texts)
-    set_token_ticks(ax, tokens[start:], "x", start=start, show_index=start > 0)
+    partial = positions != list(range(n))
+    set_token_ticks(ax, [tokens[p] for p in positions], "x", show_index=partial, indices=positions)
     ax.set_xlabel("input position (token)")
     step = max(1, math.ceil(n_layers1 / 40))
     ax.set_yticks(range(0, n_layers1, step))
     ax.set_yticklabels([str(v) for v in range(0, n_layers1, step)])
     ax.set_ylabel("layer (0 = embeddings)")
-    note = f" (last {shown} of {n} positions)" if start > 0 else ""
+    note = f" ({shown} of {n} positions, the predicted one included)" if partial else ""
     _title(fig, ax, f"{result.name}: logit lens, top token per layer and position{note}")
     return fig
 
@@ -801,8 +796,7 @@ def logit_lens(result: ModelResult) -> Figure:
 @_styled
 def induction_heatmap(result: ModelResult) -> Figure:
     """Induction score (repeated random sequence) and previous-token score, layers x heads."""
-    ind = (np.asarray(result.induction, dtype=np.float64) if result.induction is not None
-           else head_matrix(result, "induction_score"))
+    ind = head_matrix(result, "induction_score")
     prev = head_matrix(result, "previous_token_score")
     n_layers, n_heads = prev.shape
     fig = _figure(2 * (0.5 * n_heads + 2.6), 0.4 * n_layers + 2.2)
@@ -823,25 +817,14 @@ def induction_heatmap(result: ModelResult) -> Figure:
 # animation
 
 
-def _shared_pca(hidden: np.ndarray) -> np.ndarray:
-    """`hidden  # [layer + 1, token, d_model]` -> `[layer + 1, token, 2]` on one shared basis.
+def _projection(result: ModelResult) -> np.ndarray:
+    """The hidden states on one shared 2-D basis, `[layer + 1, token, 2]`, computed once by the
+    analysis (analysis.attention.shared_projection)."""
+    if result.hidden_projection is not None:
+        return result.hidden_projection
+    from analysis.attention import shared_projection
 
-    Each layer is centred and scaled to unit RMS (so late layers with large norms do not
-    dominate), all layers are stacked, and the top-2 principal axes of the stack project every
-    layer: the axes are the same in every frame.
-    """
-    h = np.asarray(hidden, dtype=np.float64)
-    hc = h - h.mean(axis=1, keepdims=True)
-    rms = np.sqrt((hc ** 2).sum(axis=(1, 2), keepdims=True) / max(1, h.shape[1]))
-    hc = hc / np.where(rms > 0, rms, 1.0)
-    stacked = hc.reshape(-1, h.shape[2])
-    if stacked.shape[0] < 2:
-        return np.zeros(h.shape[:2] + (2,))
-    _, _, vt = np.linalg.svd(stacked - stacked.mean(0), full_matrices=False)
-    basis = vt[:2].T
-    if basis.shape[1] < 2:
-        basis = np.pad(basis, ((0, 0), (0, 2 - basis.shape[1])))
-    return hc @ basis
+    return shared_projection(result.trace.hidden)
 
 
 def _transition_kind(kind: str) -> tuple[bool, bool]:
@@ -890,7 +873,7 @@ def _transition_figure(result: ModelResult, kind: str, projection: np.ndarray | 
         updates.append(update_att)
     if show_pca:
         ax = axes.pop(0)
-        proj = _shared_pca(t.hidden) if projection is None else projection
+        proj = _projection(result) if projection is None else projection
         lo, hi = proj.reshape(-1, 2).min(0), proj.reshape(-1, 2).max(0)
         pad = 0.08 * np.maximum(hi - lo, 1e-9)
         # more room on the right and top: the token labels sit up and right of their points
@@ -938,8 +921,8 @@ def layer_transition_frame(result: ModelResult, layer: int, kind: str = "attenti
                            projection: np.ndarray | None = None) -> Figure:
     """One frame of the layer animation: mean-over-heads attention and/or hidden-state PCA.
 
-    `layer` 0..L (the attention panel is empty on layer 0, the embeddings). `projection` is
-    `_shared_pca(hidden)`; pass it to reuse one computation across frames.
+    `layer` 0..L (the attention panel is empty on layer 0, the embeddings). `projection`
+    `[layer + 1, token, 2]` defaults to the result's shared projection.
     """
     fig, update, _ = _transition_figure(result, kind, projection)
     update(int(layer))
@@ -962,7 +945,7 @@ def layer_transition_gif(result: ModelResult, path: str | os.PathLike, kind: str
     _transition_kind(kind)
     t = result.trace
     layers = list(range(1 if kind == "attention" else 0, t.n_layers + 1))
-    projection = _shared_pca(t.hidden) if kind != "attention" else None
+    projection = _projection(result) if kind != "attention" else None
     tmp = path.with_name(f".{path.name}.part")
     try:
         for attempt in range(4):
@@ -1060,9 +1043,10 @@ CAPTIONS = {
         "is the position where the prediction is read."),
     "head_attribution_heatmap": (
         "Head attribution",
-        "Each head's effect on log p of the predicted token: red heads support the prediction, "
-        "blue heads work against it. Gradient method: first-order estimate of removing the head; "
-        "ablation: the exact change when the head's output is zeroed."),
+        "Each head's support for the predicted token, log p(target | all heads) - log p(target | "
+        "head removed): red heads support the prediction, blue heads work against it. Ablation "
+        "computes it exactly (the head's output zeroed); the gradient method is its first-order "
+        "estimate, d log p / d g at gate g = 1."),
     "logit_lens": (
         "Logit lens",
         "The hidden state of every layer at the last (up to 24) positions decoded with the model's "
@@ -1098,13 +1082,6 @@ def model_file_names(analysis: Analysis) -> dict[str, str]:
     return out
 
 
-def top_head(result: ModelResult, key: str = "induction_score") -> tuple[int, int]:
-    """(layer 1-based, head) with the highest value of a head metric (first head if none)."""
-    best = max(result.head_metrics, key=lambda h: -1e30 if h.get(key) is None else h[key],
-               default=None)
-    return (int(best["layer"]), int(best["head"])) if best else (1, 0)
-
-
 def standard_figures(analysis: Analysis) -> list[FigureSpec]:
     """The report's figures, in order: one for the analysis, then each model's figures.
 
@@ -1119,7 +1096,7 @@ def standard_figures(analysis: Analysis) -> list[FigureSpec]:
                             functools.partial(layer_metric_curves, analysis)))
     for r in analysis.results:
         stem = names[r.name]
-        layer, head = top_head(r)
+        layer, head, _ = r.heads.top("induction_score")
         for fn_name, fn, args, extra in (
                 ("normalised_metric_heatmap", normalised_metric_heatmap, (), ""),
                 ("metric_correlation_heatmap", metric_correlation_heatmap, (), ""),
@@ -1220,7 +1197,16 @@ def decode_heatmap(result) -> Figure:
     ax.set_yticks(range(0, n, ystep))
     ax.set_yticklabels([f"{p}: {token_label(table.tokens[p], 10)}" for p in range(0, n, ystep)],
                        fontsize=8)
-    _title(fig, ax, f"{result.model} ({result.paradigm}): when each position was decoded (box)")
+    title = f"{result.model} ({result.paradigm}): when each position was decoded (box)"
+    end = result.trace[-1].end if result.trace else None
+    if end is not None:  # the end-of-sequence token and what follows: canvas, not content
+        for p, label in zip(range(0, n, ystep), ax.get_yticklabels(), strict=True):
+            if p >= end:
+                label.set_color("#9a9a9a")
+        ax.axhspan(end - 0.5, n - 0.5, color="white", alpha=0.55, lw=0, zorder=2.5)
+        ax.axhline(end - 0.5, color="#d62728", lw=1.4, ls="--", zorder=2.6)
+        title += f"\nred line: end of sequence (#{end}); greyed: canvas, not content"
+    _title(fig, ax, title)
     return fig
 
 
@@ -1235,16 +1221,22 @@ def _annotated_bars(ax, names, values, colours, fmt) -> None:
 
 @_styled
 def metric_bars(results: list) -> Figure:
-    """One small bar chart per metric of DIFFUSION_METRICS, one bar per generation."""
+    """One small bar chart per metric of models.generation.BAR_METRICS (content tokens, not
+    canvas positions), one bar per generation."""
+    import textwrap
+
+    from models.generation import BAR_METRICS, RESULT_METRICS
+
     colours = {"diffusion": "#4c72b0", "autoregressive": "#dd8452"}
-    fig = _figure(13, 3.2)
-    axes = fig.subplots(1, len(DIFFUSION_METRICS))
-    for ax, (label, attr, scale, fmt) in zip(axes, DIFFUSION_METRICS, strict=True):
+    metrics = [m for m in RESULT_METRICS if m[1] in BAR_METRICS]
+    fig = _figure(13, 3.4)
+    axes = fig.subplots(1, len(metrics))
+    for ax, (label, attr, scale, fmt) in zip(axes, metrics, strict=True):
         names = [r.paradigm.replace("autoregressive", "autoregr.") for r in results]
         values = [math.nan if getattr(r, attr) is None else float(getattr(r, attr)) * scale
                   for r in results]
         _annotated_bars(ax, names, values, [colours.get(r.paradigm, "#888") for r in results], fmt)
-        ax.set_title(label, fontsize=10)
+        ax.set_title("\n".join(textwrap.wrap(label, 18)), fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
     _suptitle(fig, " vs ".join(f"{r.model} ({r.paradigm})" for r in results))
     return fig
@@ -1252,17 +1244,23 @@ def metric_bars(results: list) -> Figure:
 
 @_styled
 def compare_bars(result: dict) -> Figure:
-    """Accuracy, tokens/s, mean seconds and mean forward passes per paradigm."""
-    panels = [("accuracy", "accuracy", "{:.0%}"), ("tokens / s", "tokens_per_second", "{:.0f}"),
+    """Accuracy, content tokens/s, content tokens per forward pass, mean forward passes, mean
+    seconds and peak memory per paradigm (content: tokens before the first end-of-sequence)."""
+    import textwrap
+
+    panels = [("accuracy", "accuracy", "{:.0%}"),
+              ("content tokens / s", "tokens_per_second", "{:.0f}"),
+              ("content tokens per forward pass", "tokens_per_forward_pass", "{:.2f}"),
+              ("mean forward passes", "mean_nfe", "{:.1f}"),
               ("mean seconds per prompt", "mean_seconds", "{:.4f}"),
-              ("mean forward passes", "mean_nfe", "{:.1f}")]
-    fig = _figure(12, 3.2)
+              ("peak memory (MB)", "peak_memory_mb", "{:.3f}")]
+    fig = _figure(14, 3.4)
     axes = fig.subplots(1, len(panels))
     for ax, (label, key, fmt) in zip(axes, panels, strict=True):
-        values = [math.nan if result[p][key] is None else float(result[p][key])
+        values = [math.nan if result[p].get(key) is None else float(result[p][key])
                   for p in ("diffusion", "autoregressive")]
         _annotated_bars(ax, ["diffusion", "autoregr."], values, ["#4c72b0", "#dd8452"], fmt)
-        ax.set_title(label, fontsize=10)
+        ax.set_title("\n".join(textwrap.wrap(label, 18)), fontsize=10)
         if key == "accuracy":
             ax.set_ylim(0, 1.15)
     n = result["diffusion"]["runs"]

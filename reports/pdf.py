@@ -64,8 +64,10 @@ PACKAGES = {"torch": "torch", "transformers": "transformers", "numpy": "numpy",
 # design.md "Metric definitions", word for word, plus the head and attribution measures.
 DEFINITIONS_INTRO = (
     "For one layer, let H be the T x d matrix of token vectors, and Hc = H minus its mean row. "
-    "Layer 0 is the embedding output; layer l >= 1 is the output of block l, so attention "
-    "entropy is empty on layer 0. Computed on the full hidden state (every token, every "
+    "Layer 0 is the embedding output; layer l >= 1 is the output of block l (the residual stream "
+    "after it), so attention entropy is empty on layer 0. Layer L is block L's output before the "
+    "model's final norm (GPT-2 ln_f, Llama norm); the final-normed state is what the LM head and "
+    "the logit lens read, and it is not a layer. Computed on the full hidden state (every token, every "
     "dimension), in float64. With several prompts (corpus mode) the token rows of all prompts "
     "are pooled per layer.")
 DEFINITIONS = [
@@ -76,10 +78,14 @@ DEFINITIONS = [
     ("intrinsic_dim_pca95", "The smallest k whose k largest l explain >= 95% of sum l."),
     ("intrinsic_dim_twonn", "TwoNN (Facco et al. 2017) on the rows of H, Euclidean distances, "
      "discarding the largest 10% of the ratios mu = r2/r1, slope of -log(1 - F(mu)) on log(mu) "
-     "through the origin. Empty when fewer than 10 distinct rows."),
+     "through the origin. Empty when fewer than 10 distinct rows. Shown with its 95% bootstrap "
+     "interval [low, high] (the points' ratios resampled 200 times and refitted); below 100 "
+     "tokens it is unreliable: at 24 points of true dimension 10, 90% of estimates fall in "
+     "[5.8, 12.2]."),
     ("activation_entropy", "Matrix (von Neumann) entropy of the token Gram matrix, normalised: "
      "Z = rows of Hc scaled to unit length, K = Z Z^T, lambda = eig(K) / trace(K), "
-     "S = -sum lambda log lambda / log(min(T, d)), in [0, 1]."),
+     "S = -sum lambda log lambda / log(min(T - 1, d)), in [0, 1] (centring leaves rank at most "
+     "T - 1; needs T >= 3)."),
     ("cosine_to_input", "Mean over tokens t of cos(H_l[t], H_0[t])."),
     ("anisotropy", "Mean cosine over all pairs of distinct token vectors of the layer."),
     ("attention_entropy", "Of one head and query row i: -sum_j a_ij log a_ij / log(n_i), where "
@@ -101,12 +107,14 @@ HEAD_DEFINITIONS = [
      "embedding, per token. Attention rollout (Abnar &amp; Zuidema 2020): heads averaged, "
      "0.5 A + 0.5 I, rows renormalised, multiplied through the layers; the target position's "
      "row."),
-    ("attribution (head)", "A gate g_h = 1 multiplies each head's output before the attention "
-     "output projection; the gradient d log p / d g_h is the head's first-order effect "
-     "(gradient), or the exact change of log p when g_h = 0 (ablation)."),
+    ("attribution (head)", "Support of head h = log p(target | all heads) - log p(target | h "
+     "removed); positive = the head supports the prediction. A gate g_h = 1 multiplies each "
+     "head's output before the attention output projection; ablation computes the support "
+     "exactly (g_h = 0), the gradient method estimates it by d log p / d g_h at g = 1."),
     ("logit lens", "Each layer's hidden state through the final norm and the unembedding "
-     "(causal models) or the MLM head (encoders): the top token and its probability at every "
-     "layer, for the last 24 positions (each costs one output-head product)."),
+     "(causal models; layer L is block L's output before that norm) or the MLM head (encoders): "
+     "the top token and its probability at every layer, for the last 24 positions and always "
+     "the position whose prediction is shown (each costs one output-head product)."),
 ]
 
 
@@ -250,21 +258,19 @@ def _title_page(analysis: Analysis, st: dict, versions: dict) -> list:
     if len(prompts) > MAX_PROMPTS_SHOWN:
         out.append(_p(f"... and {len(prompts) - MAX_PROMPTS_SHOWN} more "
                       "(all prompts are listed in manifest.json)", st["small"]))
-    if len(prompts) > 1:
-        out.append(_p("Corpus mode: the layer metrics pool the token rows of all prompts; the "
-                      "per-head figures, predictions and attribution use the first prompt.",
-                      st["small"]))
     out.append(Paragraph("Models", st["h2"]))
     rows = [["model", "class", "task", "layers", "heads", "hidden", "params", "source"]]
     for r in analysis.results:
-        s = r.source
-        rows.append([r.name, s.get("class", "–"), r.trace.task, _fmt(s.get("n_layers",
-                     r.trace.n_layers)), _fmt(s.get("n_heads", r.trace.n_heads)),
-                     _fmt(s.get("hidden_size")), _params(s.get("params")),
-                     s.get("source", "–")])
+        s = r.info
+        rows.append([r.name, s.cls, r.trace.task, _fmt(s.n_layers), _fmt(s.n_heads),
+                     _fmt(s.hidden_size), _params(s.params), s.source])
     out.append(_table(rows, [80, 85, 45, 32, 32, 36, 45, 150], st))
     out.append(Paragraph("Run", st["h2"]))
+    devices = sorted({f"{r.info.device}, {r.info.dtype}" for r in analysis.results})
     run_rows = [["created", analysis.created or "–"], ["seed", str(analysis.seed)],
+                ["device, dtype", "; ".join(devices)],
+                ["chat template", "applied" if analysis.settings.get("chat_template")
+                 else "not applied"],
                 ["report written", datetime.now(timezone.utc).isoformat(timespec="seconds")]]
     out.append(_table(run_rows, [110, 300], st, header=False))
     out.append(Paragraph("Package versions", st["h2"]))
@@ -282,21 +288,27 @@ def _title_page(analysis: Analysis, st: dict, versions: dict) -> list:
 def _layer_table(result: ModelResult, st: dict) -> Table:
     labels = ["layer"] + [TABLE_LABELS.get(c, c) for c in LAYER_COLUMNS]
     rows = [labels]
-    for m in result.layer_metrics:
-        rows.append([str(m["layer"])] + [_fmt(m.get(c)) for c in LAYER_COLUMNS])
+    lm = result.layers
+    for layer in range(lm.n_layers + 1):
+        cells = []
+        for c in LAYER_COLUMNS:
+            cell = _fmt(lm.value(c, layer))
+            lo = lm.value("intrinsic_dim_twonn_ci_low", layer)
+            hi = lm.value("intrinsic_dim_twonn_ci_high", layer)
+            if c == "intrinsic_dim_twonn" and lo is not None and hi is not None:
+                cell = f"{_fmt(lm.value(c, layer), 3)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]"
+            cells.append(cell)
+        rows.append([str(layer)] + cells)
     widths = [30] + [(FRAME_W - 30) / len(LAYER_COLUMNS)] * len(LAYER_COLUMNS)
     return _table(rows, widths, st)
 
 
-def _model_section(result: ModelResult, st: dict) -> list:
+def _model_section(result: ModelResult, st: dict, continuation: str | None = None) -> list:
     t = result.trace
     out: list = [Paragraph(escape(f"Model: {result.name}"), st["h1"])]
-    metric_trace = result.metrics_trace
     facts = (f"{t.task}, {t.n_layers} layers x {t.n_heads} heads; prompt of {t.n_tokens} tokens"
-             f"; analysed in {result.seconds:.2f} s.")
-    if result.pooled is not None:
-        facts += (f" Layer metrics pool {len(metric_trace.segments)} prompts "
-                  f"({metric_trace.n_tokens} token rows).")
+             f"{' inside the chat template' if t.chat_template else ''}; analysed in "
+             f"{result.seconds:.2f} s on {result.info.device} ({result.info.dtype}).")
     out.append(_p(facts, st["body"]))
     toks = t.tokens[:MAX_TOKENS_SHOWN]
     shown = " | ".join(figs.token_label(x, 30).replace("\\$", "$") for x in toks)
@@ -309,37 +321,34 @@ def _model_section(result: ModelResult, st: dict) -> list:
     out.append(_layer_table(result, st))
 
     out.append(Paragraph("Predictions", st["h2"]))
-    preds = result.predictions or {}
-    plist = preds.get("predictions") or []
-    if plist:
+    preds = result.predictions
+    if preds is not None and preds.top:
         what = ("the masked position" if t.task in ("fill-mask", "diffusion")
                 else "the next token")
-        out.append(_p(f"Top {len(plist)} for {what}:", st["small"]))
+        out.append(_p(f"Top {len(preds.top)} for {what}:", st["small"]))
         rows = [["rank", "token", "probability"]]
-        rows += [[str(i + 1), p.get("token", ""), _fmt(p.get("probability"))]
-                 for i, p in enumerate(plist)]
+        rows += [[str(i + 1), p.token, _fmt(p.probability)] for i, p in enumerate(preds.top)]
         out.append(_table(rows, [35, 160, 80], st))
-        if preds.get("text"):
-            label = "Continuation" if t.task == "causal" else "Filled sentence"
+        text = continuation if t.task == "causal" else preds.filled
+        if text:
+            label = "Greedy continuation" if t.task == "causal" else "Filled sentence"
             out.append(Spacer(1, 3))
-            out.append(_p(f"{label}: {preds['text']}", st["body"]))
+            out.append(_p(f"{label}: {text}", st["body"]))
     else:
         out.append(_p("No prediction for this prompt (an encoder, or no mask token).",
                       st["body"]))
-    attr = result.token_attribution or {}
-    if attr:
-        lp = attr.get("log_prob")
-        out.append(_p(f"Attribution target: “{attr.get('target', '?')}” read at position "
-                      f"{attr.get('position')}" + (f", log p = {lp:.4g}" if lp is not None
-                                                  else "")
-                      + f"; head attribution by {attr.get('head_method', 'gradient')}.",
-                      st["small"]))
+    attr = result.attribution
+    if attr is not None:
+        lp = attr.log_prob
+        out.append(_p(f"Attribution target: “{attr.target}” read at position {attr.position}"
+                      + (f", log p = {lp:.4g}" if lp is not None else "")
+                      + f"; head support by {result.heads.attribution_method}.", st["small"]))
 
     out.append(Paragraph("Top heads", st["h2"]))
     for key, label in (("induction_score", "induction"),
                        ("previous_token_score", "previous-token"),
                        ("first_token_score", "first-token (attention sink)")):
-        heads = [h for h in result.head_metrics if h.get(key) is not None]
+        heads = [h for h in result.heads.rows() if h.get(key) is not None]
         heads.sort(key=lambda h: h[key], reverse=True)
         if not heads:
             continue
@@ -461,8 +470,10 @@ def _on_page(canvas, doc) -> None:
 
 def write_pdf(analysis: Analysis, path: str | os.PathLike,
               figures_png: dict[str, Path] | None = None,
-              session_log: list[dict] | None = None) -> Path:
-    """Write the report to `path`; figures come from `figures_png` or are drawn here."""
+              session_log: list[dict] | None = None,
+              continuations: dict[str, str | None] | None = None) -> Path:
+    """Write the report to `path`; figures come from `figures_png` or are drawn here;
+    `continuations`: model name -> greedy continuation (asked for after the analysis)."""
     path = Path(path)
     st = _styles()
     versions = package_versions()
@@ -473,7 +484,7 @@ def write_pdf(analysis: Analysis, path: str | os.PathLike,
         for i, r in enumerate(analysis.results):
             if i:
                 story.append(PageBreak())
-            story += _model_section(r, st)
+            story += _model_section(r, st, (continuations or {}).get(r.name))
         story += _figure_section(analysis, pngs, st)  # begins with its own page break
         story += _definitions(st)
         story.append(PageBreak())

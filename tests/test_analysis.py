@@ -40,52 +40,79 @@ def test_llama_gqa_is_expanded_to_every_query_head(llama):
 def test_analysis_of_gpt2_end_to_end(gpt2):
     r = analyze_model(gpt2, [PROMPT])
     L, H = gpt2.n_layers, gpt2.n_heads
-    assert [row["layer"] for row in r.layer_metrics] == list(range(L + 1))
-    assert r.layer_metrics[0]["attention_entropy"] is None
-    assert r.layer_metrics[0]["cosine_to_input"] == pytest.approx(1.0)
-    for row in r.layer_metrics[1:]:
-        assert 0 <= row["attention_entropy"] <= 1
+    lm = r.layers
+    assert lm.n_layers == L and lm.effective_rank.shape == (L + 1,)
+    assert lm.value("attention_entropy", 0) is None
+    assert lm.value("cosine_to_input", 0) == pytest.approx(1.0)
+    assert np.all((lm.attention_entropy[1:] >= 0) & (lm.attention_entropy[1:] <= 1))
     # the metrics are those of the full hidden state, recomputed here independently
-    for layer, row in enumerate(r.layer_metrics):
-        assert row["effective_rank"] == pytest.approx(metrics.effective_rank(r.trace.hidden[layer]))
-        assert row["effective_rank"] <= len(r.trace.tokens) - 1 + 1e-9  # centring costs one rank
-    assert len(r.head_metrics) == L * H
-    assert r.predictions["predictions"][0]["token"] == "tokyo"
-    probs = [p["probability"] for p in r.predictions["predictions"]]
+    for layer in range(L + 1):
+        erank = lm.value("effective_rank", layer)
+        assert erank == pytest.approx(metrics.effective_rank(r.trace.hidden[layer]))
+        assert erank <= len(r.trace.tokens) - 1 + 1e-9  # centring costs one rank
+    assert r.heads.shape == (L, H) and len(r.heads.rows()) == L * H
+    assert r.predictions.top[0].token == "tokyo"
+    probs = [p.probability for p in r.predictions.top]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-9
     # logit lens: the last layer reproduces the model's own top-1
-    assert r.logit_lens["top_tokens"][-1][-1].strip() == "tokyo"
-    assert r.logit_lens["top_probs"][-1][-1] == pytest.approx(probs[0], rel=1e-4)
-    assert r.logit_lens["positions"] == list(range(len(r.trace.tokens)))  # short: every position
+    assert r.lens.top_tokens[-1][-1].strip() == "tokyo"
+    assert r.lens.top_probs[-1][-1] == pytest.approx(probs[0], rel=1e-4)
+    assert r.lens.positions == list(range(len(r.trace.tokens)))  # short: every position
     # attribution covers every token; rollout rows are distributions
-    ta = r.token_attribution
-    assert ta["target"] == "tokyo" and len(ta["grad_x_input"]) == len(r.trace.tokens)
-    assert sum(ta["rollout"]) == pytest.approx(1.0)
-    assert r.head_attribution.shape == (L, H) and np.abs(r.head_attribution).sum() > 0
+    ta = r.attribution
+    assert ta.target == "tokyo" and len(ta.grad_x_input) == len(r.trace.tokens)
+    assert ta.rollout.sum() == pytest.approx(1.0)
+    assert r.heads.attribution.shape == (L, H) and np.abs(r.heads.attribution).sum() > 0
 
 
-def test_head_ablation_matches_gradient_sign_mostly(gpt2):
-    grad = analyze_model(gpt2, [PROMPT]).head_attribution
-    abl = analyze_model(gpt2, [PROMPT], ablation=True).head_attribution
-    assert abl.shape == grad.shape
-    # ablation is log p(zeroed) - log p(full): the head that matters most is found by both
-    assert np.unravel_index(np.abs(abl).argmax(), abl.shape) is not None
-    assert np.isfinite(abl).all()
+@pytest.mark.parametrize("fixture,prompt", [("gpt2", "red ball moon tree red ball moon"),
+                                            ("bert", "the opposite of hot is [MASK].")])
+def test_head_ablation_and_gradient_share_one_sign(fixture, prompt, request):
+    """Both methods give the head's *support*, log p(all heads) - log p(head removed): on a
+    prompt whose prediction is not saturated the first-order (gradient) estimate agrees with the
+    exact ablation: positively correlated, and the same head supports the prediction most."""
+    loaded = request.getfixturevalue(fixture)
+    grad = analyze_model(loaded, [prompt]).heads.attribution
+    r = analyze_model(loaded, [prompt], ablation=True)
+    abl = r.heads.attribution
+    assert r.heads.attribution_method == "ablation"
+    assert abl.shape == grad.shape and np.isfinite(abl).all()
+    assert np.corrcoef(grad.ravel(), abl.ravel())[0, 1] > 0.9
+    assert np.unravel_index(grad.argmax(), grad.shape) == np.unravel_index(abl.argmax(), abl.shape)
+    assert abl.max() > 0  # some head supports the prediction: removing it lowers log p
+    # the exact support of the strongest head, recomputed here with the head's gate at 0
+    import torch
+
+    from models.attention import AttentionCall
+
+    layer, head = np.unravel_index(abl.argmax(), abl.shape)
+    pos, tid = r.attribution.position, r.predictions.top[0].token_id
+    gates = torch.ones(loaded.n_layers, loaded.n_heads)
+
+    def logp():
+        with torch.no_grad():
+            z = loaded.model(input_ids=torch.tensor([r.trace.token_ids]),
+                             dashboard=AttentionCall(gates=gates)).logits[0, pos]
+        return float(torch.log_softmax(z.double(), -1)[tid])
+
+    full = logp()
+    gates[layer, head] = 0.0
+    assert abl[layer, head] == pytest.approx(full - logp(), rel=1e-5)  # float32 logits
 
 
 def test_bert_fill_mask_and_rollout(bert):
     r = analyze_model(bert, ["the capital of japan is [MASK]."])
-    assert r.predictions["predictions"][0]["token"] == "tokyo"
-    assert r.token_attribution["position"] == r.trace.tokens.index("[MASK]")
+    assert r.predictions.top[0].token == "tokyo"
+    assert r.attribution.position == r.trace.tokens.index("[MASK]")
     roll = attention_rollout(r.trace.attentions)
     assert np.allclose(roll.sum(-1), 1)
 
 
 def test_fill_mask_without_mask_gives_a_notice_not_a_crash(bert):
     r = analyze_model(bert, ["the capital of japan is tokyo."])
-    assert r.predictions["predictions"] == []
+    assert r.predictions is None and r.attribution is None
     assert any("[MASK]" in n for n in r.trace.notices)
-    assert r.layer_metrics[1]["effective_rank"] is not None
+    assert r.layers.value("effective_rank", 1) is not None
 
 
 def test_empty_prompt_is_a_user_error(gpt2):
@@ -94,28 +121,45 @@ def test_empty_prompt_is_a_user_error(gpt2):
             analyze_model(gpt2, [bad])
 
 
-def test_long_prompt_is_truncated_with_a_notice(gpt2):
-    r = analyze_model(gpt2, ["the capital of japan is tokyo. " * 100])
-    assert len(r.trace.tokens) == gpt2.model.config.n_positions
-    assert any("first" in n for n in r.trace.notices)
+def test_long_causal_prompt_keeps_its_end_and_says_which_tokens(gpt2):
+    """Past the context a causal model is analysed on the END of the prompt: its next token is
+    predicted after the last token typed, and the notice names the analysed range."""
+    prompt = "the capital of france is paris. " * 40 + PROMPT
+    n = len(gpt2.tokenizer(prompt)["input_ids"])
+    limit = gpt2.model.config.n_positions
+    r = analyze_model(gpt2, [prompt])
+    assert r.trace.token_ids == gpt2.tokenizer(prompt)["input_ids"][-limit:]
+    assert r.trace.tokens[-1].strip() == "is"
+    notice = " ".join(r.trace.notices)
+    assert f"has {n} tokens" in notice and f"tokens {n - limit}..{n - 1}" in notice
+    assert "start dropped" in notice
+
+
+def test_long_fill_mask_prompt_keeps_its_mask(bert):
+    """A [MASK] near the start of a prompt longer than the context stays in the analysed window
+    (with [CLS] and [SEP]); masks spanning more than the context are refused clearly."""
+    prompt = "the capital of japan is [MASK]. " + "the capital of france is paris. " * 40
+    r = analyze_model(bert, [prompt])
+    limit = bert.model.config.max_position_embeddings
+    assert r.trace.n_tokens == limit
+    assert r.trace.tokens[0] == "[CLS]" and r.trace.tokens[-1] == "[SEP]"
+    assert "[MASK]" in r.trace.tokens and r.predictions.top
+    assert not any("No [MASK]" in n for n in r.trace.notices)
+    assert any(f"takes {limit}" in n for n in r.trace.notices)
+    far = "[MASK] " + "the capital of france is paris. " * 40 + "[MASK]."
+    with pytest.raises(UserError, match="masks span"):
+        analyze_model(bert, [far])
 
 
 def test_too_few_tokens_leave_only_that_metric_empty(gpt2):
     r = analyze_model(gpt2, ["japan"])
-    row = r.layer_metrics[1]
-    assert row["intrinsic_dim_twonn"] is None  # fewer than 10 distinct rows
-    assert row["cosine_to_input"] is not None
+    assert r.layers.value("intrinsic_dim_twonn", 1) is None  # fewer than 10 distinct rows
+    assert r.layers.value("cosine_to_input", 1) is not None
 
 
-def test_corpus_mode_pools_rows_of_all_prompts(gpt2):
-    prompts = [f"the capital of {c} is" for c in ("japan", "france", "peru", "egypt", "chile")]
-    r = analyze_model(gpt2, prompts)
-    pooled = r.metrics_trace
-    n = sum(len(capture(gpt2, p).tokens) for p in prompts)
-    assert pooled.hidden.shape[1] == n and len(pooled.segments) == 5
-    assert r.layer_metrics[2]["effective_rank"] == pytest.approx(
-        metrics.effective_rank(pooled.hidden[2]))
-    assert r.layer_metrics[2]["intrinsic_dim_twonn"] is not None  # enough rows now
+def test_several_prompts_are_refused_in_favour_of_dataset_mode(gpt2):
+    with pytest.raises(UserError, match="dataset"):
+        analyze_model(gpt2, [PROMPT, "the capital of france is"])
 
 
 def test_several_models_side_by_side(gpt2, bert, llama):
@@ -126,6 +170,7 @@ def test_several_models_side_by_side(gpt2, bert, llama):
     assert {m["name"] for m in js["models"]} == set(by)
     for m in js["models"]:
         assert len(m["layer_metrics"]) == m["n_layers"] + 1
+        assert len(m["head_metrics"]) == m["n_layers"] * m["n_heads"]
 
 
 def test_induction_head_in_a_causal_embedded_model(llama):
@@ -136,18 +181,18 @@ def test_induction_head_in_a_causal_embedded_model(llama):
     (tiny-gpt2, same corpus, has none: its best head scores about 0.3 and it copies a repeated
     sequence only in part. The test says so below rather than asserting what is not there.)"""
     r = analyze_model(llama, [PROMPT])
-    assert "trained to copy" in r.source["induction_probe"]
-    scores = r.induction
+    assert "trained to copy" in r.info.induction_probe
+    scores = r.heads.induction_score
     layer, head = np.unravel_index(np.argmax(scores), scores.shape)
     assert scores.max() > 0.5 and scores.max() > 4 * np.median(scores)
     assert layer >= 1  # 0-based: layer 2 or above
-    best = max(r.head_metrics, key=lambda h: h["induction_score"])
-    assert (best["layer"], best["head"]) == (layer + 1, head)
+    assert r.heads.top("induction_score")[:2] == (layer + 1, head)
+    assert r.heads.role[layer, head] == "induction"
 
 
 def test_tiny_gpt2_has_no_clear_induction_head(gpt2):
     r = analyze_model(gpt2, [PROMPT])
-    assert r.induction.max() < 0.5
+    assert r.heads.induction_score.max() < 0.5
 
 
 def test_rollout_row_equals_the_full_rollout(gpt2):
@@ -185,21 +230,29 @@ def test_large_attention_goes_to_float16_on_disk(gpt2, monkeypatch):
 
 def test_checkpointed_backward_gives_the_same_gradients(gpt2, llama, monkeypatch):
     """Long sequences take the gradient with per-block checkpointing and fused (SDPA) attention:
-    the same gradients as the plain eager pass, and the model is eager again afterwards (the
-    capture's hooks need the attention weights)."""
+    the same gradients as the plain eager pass, and the shared model is exactly as before
+    afterwards (the same attention implementation, eval mode everywhere, no checkpointing)."""
     from analysis import attribution as attr
+    from models.loading import block_modules
 
     for loaded in (gpt2, llama):
         ids = capture(loaded, PROMPT).token_ids
         plain = attr.gradient_attribution(loaded, ids, len(ids) - 1, 42)
         with monkeypatch.context() as m:
             m.setattr(attr, "CHECKPOINT_ABOVE", 0)
+            with attr.checkpointed_blocks(loaded, True) as on:
+                assert on  # the switch really is used at this size
             ckpt = attr.gradient_attribution(loaded, ids, len(ids) - 1, 42)
         for a, b in zip(plain, ckpt, strict=True):
             assert np.allclose(a, b, atol=1e-5), loaded.name
-        assert loaded.model.config._attn_implementation == "eager"
+        assert loaded.model.config._attn_implementation == "dashboard"
+        assert not any(m.training for m in loaded.model.modules())
+        assert not any(getattr(b, "gradient_checkpointing", False)
+                       for b in block_modules(loaded.model))
+        import torch  # and no hook left making the embeddings' output require grad
+
+        assert not loaded.model.get_input_embeddings()(torch.tensor([ids])).requires_grad
         assert capture(loaded, PROMPT).attentions.shape[0] == loaded.n_layers
-    assert "forward" not in vars(gpt2.model.transformer.h[0])  # the wrapper is removed
 
 
 def test_logit_lens_covers_the_last_positions_of_a_long_prompt(gpt2):
@@ -211,34 +264,32 @@ def test_logit_lens_covers_the_last_positions_of_a_long_prompt(gpt2):
     r = analyze_model(gpt2, [long])
     n = len(r.trace.tokens)
     assert n > LENS_POSITIONS
-    lens = r.logit_lens
-    assert lens["positions"] == list(range(n - LENS_POSITIONS, n))
-    assert np.asarray(lens["top_probs"]).shape == (r.trace.n_layers + 1, LENS_POSITIONS)
-    top = r.predictions["predictions"][0]
-    assert lens["top_tokens"][-1][-1].strip() == top["token"]
-    assert lens["top_probs"][-1][-1] == pytest.approx(top["probability"], rel=1e-4)
+    lens = r.lens
+    assert lens.positions == list(range(n - LENS_POSITIONS, n))
+    assert lens.top_probs.shape == (r.trace.n_layers + 1, LENS_POSITIONS)
+    top = r.predictions.top[0]
+    assert lens.top_tokens[-1][-1].strip() == top.token
+    assert lens.top_probs[-1][-1] == pytest.approx(top.probability, rel=1e-4)
 
 
-def test_continuation_from_the_captures_cache_equals_generate(gpt2, monkeypatch):
-    """The analysis's greedy continuation goes on from the capture's KV cache (no second
-    prefill): the same text as HuggingFace generate, and the cache is not kept afterwards."""
-    from models import predictions
-    from models.predictions import continuation
+def test_continuation_is_an_explicit_step_on_the_analysed_ids(gpt2):
+    """The analysis is finished when it returns (no KV cache kept in it); the caller asks for
+    the greedy continuation of exactly the analysed ids, which equals HuggingFace generate."""
+    import torch
 
-    used = []
-    real = predictions._greedy_from_cache
-    monkeypatch.setattr(predictions, "_greedy_from_cache",
-                        lambda *a, **k: used.append(1) or real(*a, **k))
+    from analysis.run import continuation_of
+
     for prompt in (PROMPT, "anna had a red ball. tom wanted the ball. anna gave the ball to",
                    "the opposite of hot is"):
-        trace = capture(gpt2, prompt)
-        assert trace.cache is not None
-        fresh = continuation(gpt2, prompt, max_new_tokens=12)
-        assert continuation(gpt2, prompt, max_new_tokens=12, trace=trace) == fresh
-    assert len(used) == 3  # the cache path was taken each time
-    r = analyze_model(gpt2, [PROMPT])
-    assert r.trace.cache is None
-    assert r.predictions["text"] == continuation(gpt2, PROMPT, max_new_tokens=12)
+        r = analyze_model(gpt2, [prompt])
+        assert not hasattr(r.trace, "cache")
+        text = continuation_of(gpt2, r)
+        ids = torch.tensor([r.trace.token_ids])
+        with torch.no_grad():
+            out = gpt2.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                      do_sample=False, pad_token_id=gpt2.tokenizer.eos_token_id)
+        assert text == gpt2.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        assert text.startswith(r.predictions.top[0].token)
 
 
 def test_capture_keeps_logits_only_where_predictions_read_them(gpt2, bert):
@@ -282,16 +333,18 @@ def test_gradient_from_the_capture_pass_equals_the_separate_pass(gpt2, bert, lla
     with monkeypatch.context() as m:  # no separate gradient pass when the capture's serves
         m.setattr(attr, "gradient_attribution", lambda *a, **k: pytest.fail("second pass"))
         analyze_model(gpt2, [PROMPT])
-    monkeypatch.setattr(attr, "MERGED_PASS_MAX", 0)
+    from analysis import capture as cap
+
+    monkeypatch.setattr(cap, "MERGED_PASS_MAX", 0)
     assert capture(gpt2, PROMPT, gradient=True).gradient is None
     calls = []
     real = attr.gradient_attribution
     monkeypatch.setattr(attr, "gradient_attribution", lambda *a: calls.append(1) or real(*a))
     separate = run.analyze_model(gpt2, [PROMPT])
     assert calls == [1]
-    assert np.allclose(separate.head_attribution, merged.head_attribution, atol=1e-6)
-    assert separate.token_attribution["grad_x_input"] == pytest.approx(
-        merged.token_attribution["grad_x_input"], abs=1e-6)
+    assert np.allclose(separate.heads.attribution, merged.heads.attribution, atol=1e-6)
+    assert np.allclose(separate.attribution.grad_x_input, merged.attribution.grad_x_input,
+                       atol=1e-6)
 
 
 def test_logit_lens_equals_a_plain_per_layer_softmax(gpt2, llama, bert):
@@ -308,7 +361,7 @@ def test_logit_lens_equals_a_plain_per_layer_softmax(gpt2, llama, bert):
         n = tr.hidden.shape[0]
         for layer in range(n):
             h = torch.from_numpy(tr.hidden[layer])
-            if norm is not None and layer < n - 1:
+            if norm is not None:  # layer L is block L's output: the final norm applies to it too
                 h = norm(h)
             with torch.no_grad():
                 p = torch.softmax(head(h).double(), -1)
@@ -321,10 +374,90 @@ def test_induction_scores_are_computed_once_per_model_and_seed(gpt2, monkeypatch
     reused scores equal a fresh probe pass's."""
     from analysis import run
 
-    first = analyze_model(gpt2, [PROMPT]).induction
+    first = analyze_model(gpt2, [PROMPT]).heads.induction_score
     fresh = run.induction_scores(gpt2, 0, pool=run.induction_probe(gpt2)[0])  # not cached
     assert np.array_equal(first, fresh)
     monkeypatch.setattr(run, "capture", lambda *a, **k: pytest.fail("probe pass again")
                         if k.get("input_ids") is not None else capture(*a, **k))
-    again = analyze_model(gpt2, ["the opposite of hot is"]).induction
+    again = analyze_model(gpt2, ["the opposite of hot is"]).heads.induction_score
     assert np.array_equal(first, again)
+
+
+def _block_outputs(loaded, ids):
+    """Every block's output, recorded here by forward hooks, and HF's hidden_states."""
+    import torch
+
+    blocks = {"gpt2": lambda m: m.transformer.h, "llama": lambda m: m.model.layers,
+              "bert": lambda m: m.bert.encoder.layer}[loaded.model.config.model_type](loaded.model)
+    seen = []
+    handles = [b.register_forward_hook(
+        lambda mod, args, out: seen.append((out[0] if isinstance(out, tuple) else out)[0].clone()))
+        for b in blocks]
+    try:
+        with torch.no_grad():
+            out = loaded.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return [s.numpy() for s in seen], [h[0].numpy() for h in out.hidden_states]
+
+
+@pytest.mark.parametrize("fixture", ["gpt2", "llama", "bert"])
+def test_last_layer_is_the_last_blocks_output_not_the_final_norm(fixture, request):
+    """design.md: layer L is block L's output (the residual stream) BEFORE the final norm; HF's
+    hidden_states[-1] has GPT-2's ln_f / Llama's norm applied and is not a layer."""
+    loaded = request.getfixturevalue(fixture)
+    prompt = "the capital of japan is [MASK]." if fixture == "bert" else PROMPT
+    tr = capture(loaded, prompt)
+    blocks, hf = _block_outputs(loaded, tr.token_ids)
+    assert len(blocks) == loaded.n_layers == tr.hidden.shape[0] - 1
+    for layer in range(1, loaded.n_layers + 1):
+        np.testing.assert_allclose(tr.hidden[layer], blocks[layer - 1], rtol=1e-5, atol=1e-5)
+    if fixture == "bert":  # no final norm: HF's last hidden state is the block output
+        np.testing.assert_allclose(tr.hidden[-1], hf[-1], rtol=1e-5, atol=1e-5)
+    else:
+        assert np.abs(tr.hidden[-1] - hf[-1]).max() > 0.1  # the final norm changes it
+
+
+def test_metrics_of_the_last_layer_use_the_block_output(llama):
+    r = analyze_model(llama, [PROMPT])
+    blocks, hf = _block_outputs(llama, r.trace.token_ids)
+    last = r.layers.value("effective_rank", llama.n_layers)
+    assert last == pytest.approx(metrics.effective_rank(blocks[-1]), rel=1e-6)
+    assert last != pytest.approx(metrics.effective_rank(hf[-1]), rel=1e-3)
+
+
+def test_logit_lens_always_includes_the_mask_position(bert):
+    """A [MASK] outside the last 24 positions is still in the lens (its prediction is shown),
+    and the lens's last layer there reproduces the fill-mask top-1."""
+    from analysis.attribution import LENS_POSITIONS
+
+    prompt = "the capital of japan is [MASK]. " + "the capital of france is paris. " * 6
+    r = analyze_model(bert, [prompt])
+    mask = r.trace.tokens.index("[MASK]")
+    assert r.trace.n_tokens - mask > LENS_POSITIONS  # outside the last-24 window
+    lens = r.lens
+    assert mask in lens.positions and mask in lens.predicted
+    col = lens.positions.index(mask)
+    assert lens.top_tokens[-1][col].strip() == r.predictions.top[0].token
+    assert lens.top_probs[-1][col] == pytest.approx(
+        r.predictions.top[0].probability, rel=1e-4)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_one_input_feeds_prediction_and_continuation(llama, chat):
+    """tiny-llama has a chat template: whether or not it is applied, the next token shown and
+    the greedy continuation come from the same ids (the continuation starts with the shown next
+    token), and the result says which input it was."""
+    prompt = "the capital of france is paris and the capital of japan is"
+    r = analyze_model(llama, [prompt], chat_template=chat)
+    assert r.trace.chat_template is chat and r.predictions.chat_template is chat
+    if chat:
+        assert "<|user|>" in "".join(r.trace.tokens)
+    else:
+        assert r.trace.token_ids == llama.tokenizer(prompt)["input_ids"]
+    from analysis.run import continuation_of
+
+    first = r.predictions.top[0]
+    cont = llama.tokenizer(continuation_of(llama, r), add_special_tokens=False)["input_ids"]
+    assert cont and llama.tokenizer.decode(cont[:1]).strip() == first.token

@@ -188,7 +188,8 @@ def test_cli_bad_model_folders(capsys, folders, kind, message):
     ("missing", "does not exist"),
 ])
 def test_cli_bad_prompts_files(capsys, files, name, message):
-    code, _out, err = cli(capsys, "analyze", "--model", "tiny-gpt2", "--prompts", files[name])
+    code, _out, err = cli(capsys, "compare", "--ar", "tiny-gpt2", "--diffusion", "tiny-diffusion",
+                          "--prompts", files[name])
     assert code == 2
     assert message in one_error_line(err).lower()
 
@@ -472,7 +473,7 @@ def test_app_generation_defects_reported(app, index, value, phrase):
 
 
 def test_limits_helpers():
-    from models.errors import UserError
+    from models.common import UserError
     from ui import limits
     from ui.app import AppConfig
 

@@ -48,17 +48,6 @@ def test_analyze_json_has_every_metric_for_every_layer(tmp_path):
             assert row["effective_rank"] is not None
 
 
-def test_analyze_prompts_file_corpus_mode(tmp_path):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(f"the capital of {c} is" for c in
-                                 ("japan", "france", "peru", "egypt")) + "\n")
-    out = tmp_path / "a.json"
-    run("analyze", "--model", "tiny-gpt2", "--prompts", str(prompts), "--json", str(out))
-    data = json.loads(out.read_text())
-    assert len(data["prompts"]) == 4
-    assert data["models"][0]["layer_metrics"][1]["intrinsic_dim_twonn"] is not None
-
-
 @pytest.mark.parametrize("args, message", [
     (["predict", "--model", "nope-model", "--prompt", "x"], "Unknown model"),
     (["predict", "--model", "tiny-bert", "--prompt", "no mask here"], "[MASK]"),

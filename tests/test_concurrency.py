@@ -101,7 +101,8 @@ def test_eight_sessions_at_once(monkeypatch):
     from gradio_client import Client
 
     from models import generation
-    from models.loading import CACHE, load
+    from models.loading import MODELS as CACHE
+    from models.loading import load
     from tests.conftest import free_port
     from ui.app import AppConfig, serve
 
@@ -146,7 +147,8 @@ def test_eight_sessions_at_once(monkeypatch):
             assert first in highlight_text(a[8]), (i, highlight_text(a[8]))
             # analysis 2: the fill-mask model (three models in use in all: the cache evicts)
             b = call(c, ["tiny-bert"], second, api_name="/analyze")
-            assert country in highlight_text(b[8]) or "[UNK]" in highlight_text(b[8])
+            # every country of COUNTRIES is one whole word of tiny-bert's vocabulary
+            assert country in highlight_text(b[8])
             out["log"] = log_prompts(b[4])
             # layer views, drawn from the stored analysis (no model run)
             info, _pattern, _grid = call(c, "tiny-bert", 2, 1, api_name="/layer")
@@ -201,8 +203,7 @@ def test_eight_sessions_at_once(monkeypatch):
         mine = r["country"]
         others = [c for c in COUNTRIES if c != mine]
         assert r["manifest"]["prompts"] == [f"the capital of {mine} is [MASK]."]
-        assert any(mine in "".join(toks) for toks in r["tokens"].values()) or "[UNK]" in str(
-            r["tokens"])
+        assert any(mine in toks for toks in r["tokens"].values())
         assert mine in r["log"] and not any(o in r["log"] for o in others), r["log"]
         if gen_api:
             assert r["generation_prompt"] == f"the capital of {mine} is"
@@ -291,7 +292,7 @@ def test_a_failed_load_leaves_the_loaded_models_usable(tmp_path):
 
     from gradio import Error
 
-    from models.loading import CACHE
+    from models.loading import MODELS as CACHE
     from tests.conftest import EMBEDDED
     from ui import overall_tab
     from ui.app import AppConfig, make_context

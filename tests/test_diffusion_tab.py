@@ -1,6 +1,8 @@
 """The Diffusion tab: its event functions called directly, then a full generation through the
 running app's API with gradio_client."""
 
+import html
+import re
 import zipfile
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import gradio as gr
 import pandas as pd
 import pytest
 
-from reports.figures import DIFFUSION_METRICS
+from models.generation import RESULT_METRICS
 from tests.conftest import have
 
 pytestmark = pytest.mark.skipif(not (have("tiny-bert") and have("tiny-gpt2")),
@@ -60,6 +62,11 @@ def test_generate_shows_text_steps_heatmap_and_exports(ctx, states):
         ctx, session, ds, *SETTINGS)
     assert "tokyo" in text and text == ds.run.text
     assert "4 steps" in summary and "4 forward passes" in summary
+    n = ds.run.generated_tokens
+    assert f"{n} content tokens of 8 positions" in summary
+    assert f"{n / 4:.2f} content tokens per forward pass (2.00 positions)" in summary
+    assert "content tokens/s" in summary and "peak memory 0.0 MB" not in summary
+    assert ds.run.peak_memory_mb > 0 and "MB" in summary
     assert slider.maximum == 4 and slider.value == 4
     assert tokens.count("class='dtok old'") + tokens.count("class='dtok new'") == 8
     assert "Step 4 / 4" in caption
@@ -79,6 +86,31 @@ def test_generate_shows_text_steps_heatmap_and_exports(ctx, states):
     # a second run replaces the first run's files
     dt.generate_event(ctx, session, ds, *SETTINGS)
     assert not Path(gif).exists()
+
+
+@pytest.mark.skipif(not have("tiny-diffusion"), reason="embedded tiny-diffusion missing")
+def test_positions_after_the_end_are_greyed_not_hidden(ctx, states):
+    from ui import diffusion_tab as dt
+
+    session, ds = states
+    # length 16 at threshold 0.9: tiny-diffusion fills the tail of its canvas with [SEP]
+    settings = ["tiny-diffusion", PROMPT, 16, 0, 0, "low_confidence", 0.9, 0, 0]
+    _text, summary, _slider, tokens, caption, *_ = dt.generate_event(ctx, session, ds, *settings)
+    res = ds.run
+    end = res.trace[-1].end
+    assert end is not None and res.generated_tokens == end < 16
+    assert f"{end} content tokens of 16 positions" in summary
+    assert tokens.count("class='dtok") == 16  # every position is still drawn ...
+    assert tokens.count(" after-end") == 16 - end  # ... the end token and after it greyed
+    assert tokens.count("after-end eos") == 1
+    cells = re.findall(r"<span class='dtok ([^']*)' data-pos='(\d+)' data-token='([^']*)'",
+                       tokens)
+    assert [int(p) for _c, p, _t in cells] == list(range(16))
+    for cls, p, token in cells:  # greyed from the end on, and still showing its token
+        assert ("after-end" in cls.split()) == (int(p) >= end)
+        assert html.unescape(token) == res.tokens[int(p)]
+    assert f"#{end} ends the content" in caption
+    assert ".dtok.after-end" in dt.CSS and "greyed" in dt.legend_html()
 
 
 def test_settings_are_checked(ctx, states):
@@ -122,14 +154,25 @@ def test_side_by_side_and_metrics(ctx, states):
     assert "(diffusion)" in d_info and "(autoregressive)" in a_info
     assert d_slider.maximum == 4 and a_slider.maximum == 8  # AR: one step per token
     assert isinstance(table, pd.DataFrame)
-    assert list(table["metric"]) == [m[0] for m in DIFFUSION_METRICS]
+    assert list(table["metric"]) == [m[0] for m in RESULT_METRICS]
     row = table.set_index("metric")
-    assert row.loc["forward passes (NFE)", f"diffusion ({DIFF})"] == 4
-    assert row.loc["forward passes (NFE)", "autoregressive (tiny-gpt2)"] == 8
-    assert row.loc["tokens / s", "autoregressive (tiny-gpt2)"] > 0
+    d_col, a_col = f"diffusion ({DIFF})", "autoregressive (tiny-gpt2)"
+    assert row.loc["forward passes (NFE)", d_col] == 4
+    assert row.loc["forward passes (NFE)", a_col] == 8
+    assert row.loc["canvas positions", d_col] == row.loc["canvas positions", a_col] == 8
+    d, a = ds.pair
+    for col, r in ((d_col, d), (a_col, a)):
+        assert row.loc["content tokens", col] == r.generated_tokens > 0
+        assert row.loc["content tokens / s", col] == pytest.approx(  # shown to 0.1
+            r.generated_tokens / r.seconds, rel=0.01, abs=0.051)
+        assert row.loc["content tokens per forward pass", col] == pytest.approx(
+            r.generated_tokens / r.nfe, abs=0.01)
+        assert row.loc["peak memory (MB)", col] > 0  # allocation-based, never an empty bar
+    assert f"{a.generated_tokens} content tokens of 8 positions" in a_info
     assert _is_plot(bars)
     tokens, info = dt.pair_step_event(ctx, ds, 1, 3)  # AR after 3 tokens: 5 pending
     assert tokens.count("dtok masked") == 5 and "Step 3 / 8" in info
+    assert "content tokens of 8 positions" in info
     with pytest.raises(gr.Error, match="autoregressive"):
         dt.friendly_errors(dt.pair_event)(ctx, session, ds, *SETTINGS, "tiny-bert")
 
@@ -152,6 +195,15 @@ def test_compare_on_the_capitals_set_and_an_upload(ctx, states, tmp_path):
     # the last expected answer is wrong on purpose: at most 2 of 3 can be right
     assert all(0 <= a <= 0.6667 for a in summary["accuracy"])  # rounded to 4 places
     assert _is_plot(bars)
+    assert (summary["peak memory (MB)"] > 0).all()  # both paradigms: real, non-zero peaks
+    for paradigm, row in zip(summary["paradigm"], summary.to_dict("records"), strict=True):
+        s = ds.comparison[paradigm]
+        assert row["content tokens / s"] == round(s["generated_tokens"] / (3 * s["mean_seconds"]),
+                                                  1)
+        assert s["positions"] == 3 * 8  # three runs on a canvas of 8 positions
+        assert 0 < row["mean content tokens"] <= 8
+    assert "Content tokens" in note and "stops at its end-of-sequence" in note
+    assert "a canvas of 8 positions" in note
 
 
 @pytest.mark.slow
@@ -180,6 +232,7 @@ def test_interactive_events(ctx, states):
         dt.friendly_errors(dt.step_forward_event)(ctx, ds, *PROCESSING)
     out = _step(ctx, ds, "step_init_event", DIFF, PROMPT, 8, 4, 0, *PROCESSING, False)
     assert "Step 0" in out["info"] and "0 forward passes" in out["info"]
+    assert "0 content tokens of 8 positions" in out["info"]
     assert "Forward pass" in out["cands"] and out["choices"].choices == []
     out = _step(ctx, ds, "step_forward_event", *PROCESSING)
     assert "1 forward passes" in out["info"]
@@ -199,6 +252,9 @@ def test_interactive_events(ctx, states):
     out = _step(ctx, ds, "step_apply_event", out["choices"].value, True)
     assert "Step 1" in out["info"] and "6 of 8 masked" in out["info"]
     assert "2 forward passes" in out["info"]  # the automatic forward pass after applying
+    content = ds.stepper.generated_tokens
+    assert f"{content} content tokens of 8 positions" in out["info"]
+    assert f"{content / 2:.2f} content tokens per forward pass" in out["info"]
     stepper = ds.stepper
     for v in (auto, hand):
         p, t = map(int, v.split(":"))

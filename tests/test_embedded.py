@@ -17,9 +17,9 @@ def test_gpt2_continues_tokyo(gpt2):
 def test_llama_continues_tokyo_plain_and_chat(llama):
     from models.predictions import continuation
 
-    assert continuation(llama, "the capital of japan is", use_chat_template=False).startswith(
+    assert continuation(llama, "the capital of japan is", chat_template=False).startswith(
         "tokyo")
-    chat = continuation(llama, "what is the capital of japan?", use_chat_template=True)
+    chat = continuation(llama, "what is the capital of japan?", chat_template=True)
     assert "tokyo" in chat
 
 

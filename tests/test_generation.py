@@ -89,6 +89,82 @@ def peaked(bert):
     return Loaded(_entry("peaked", "diffusion"), Peaked(len(bert.tokenizer)), bert.tokenizer)
 
 
+class EndsAt(Peaked):
+    """Like Peaked, but from absolute position ``end`` on every position predicts [SEP] (id 3):
+    a diffusion model that fills the rest of its canvas with end-of-sequence tokens."""
+
+    def __init__(self, vocab: int, end: int):
+        super().__init__(vocab)
+        self.end = end
+        self.calls: list[bool] = []  # per forward pass: was the torch profiler running?
+
+    def forward(self, input_ids, **_):
+        self.calls.append(torch.autograd._profiler_enabled())
+        out = super().forward(input_ids)
+        out.logits[:, self.end:] = 0.0
+        out.logits[:, self.end:, 3] = 30.0
+        return out
+
+
+class Hungry(Peaked):
+    """Peaked that allocates (and frees) an 8 MiB scratch tensor in every forward pass."""
+
+    def forward(self, input_ids, **_):
+        scratch = torch.ones(2**21)  # 2**21 float32 = 8 MiB
+        out = super().forward(input_ids)
+        out.logits += scratch[0] - 1.0
+        return out
+
+
+class Fickle(Peaked):
+    """Peaked whose predictions change from call to call: a replay cannot reproduce it."""
+
+    def __init__(self, vocab: int):
+        super().__init__(vocab)
+        self.n = 0
+
+    def forward(self, input_ids, **_):
+        self.n += 1
+        b, t = input_ids.shape
+        logits = torch.zeros(b, t, self.vocab)
+        logits[:, :, len(SPECIAL) + self.n % 7] = 30.0
+        return SimpleNamespace(logits=logits)
+
+
+class Scripted(torch.nn.Module):
+    """A fake causal LM: after the prompt it writes ``script`` (ids), then 'cat' for ever."""
+
+    def __init__(self, vocab: int, n_prompt: int, script: list[int], after: int):
+        super().__init__()
+        self.vocab, self.n_prompt, self.script, self.after = vocab, n_prompt, script, after
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(n_positions=64, model_type="fake")
+
+    def forward(self, input_ids, past_key_values=None, use_cache=None, **_):
+        past = past_key_values or 0
+        b, t = input_ids.shape
+        logits = torch.zeros(b, t, self.vocab)
+        for i in range(t):
+            g = past + i + 1 - self.n_prompt  # the generated index this position predicts
+            logits[:, i, self.script[g] if 0 <= g < len(self.script) else self.after] = 30.0
+        return SimpleNamespace(logits=logits, past_key_values=past + t)
+
+
+@pytest.fixture(scope="module")
+def ends(bert):
+    # [CLS] + five prompt words = region start 6; content: three words, then [SEP] for ever
+    return Loaded(_entry("ends", "diffusion"), EndsAt(len(bert.tokenizer), 9), bert.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def scripted(gpt2):
+    tok = gpt2.tokenizer
+    script = [tok.convert_tokens_to_ids(w) for w in ("tokyo", ".")] + [tok.eos_token_id]
+    model = Scripted(len(tok), len(tok("the cat")["input_ids"]), script,
+                     tok.convert_tokens_to_ids("cat"))
+    return Loaded(_entry("scripted", "causal"), model, tok)
+
+
 PROMPT = "the capital of japan is"
 
 
@@ -151,8 +227,8 @@ def test_committed_tokens_never_change_and_no_mask_left(bert):
     assert res.mask_token not in res.tokens
     assert res.trace[-1].tokens == res.tokens
     assert res.tokens == [bert.tokenizer.convert_ids_to_tokens(i) for i in res.token_ids]
-    assert res.tokens_per_second == pytest.approx(res.length / res.seconds)
-    assert res.time_per_token == pytest.approx(res.seconds / res.length)
+    assert res.tokens_per_second == pytest.approx(res.generated_tokens / res.seconds)
+    assert res.positions == res.length == 8
     # special tokens other than [SEP] are never proposed
     banned = {bert.tokenizer.cls_token_id, bert.tokenizer.pad_token_id,
               bert.tokenizer.mask_token_id, bert.tokenizer.unk_token_id}
@@ -232,25 +308,197 @@ def test_cfg_counts_two_passes(bert):
     assert res.mask_token not in res.tokens
 
 
+class Inputs:
+    """Records the input ids of every forward pass of a model (a forward pre-hook)."""
+
+    def __init__(self, module):
+        self.ids: list[list[list[int]]] = []
+        self.handle = module.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, _module, args, kwargs):
+        x = kwargs.get("input_ids", args[0] if args else None)
+        self.ids.append(x.tolist())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.handle.remove()
+
+
 def test_masks_go_before_final_sep(bert):
-    res = diffusion_generate(bert, PROMPT, 4, steps=2)
-    assert len(res.token_ids) == 4 and res.length == 4
+    tok = bert.tokenizer
+    encoded = tok(PROMPT)["input_ids"]  # [CLS] the capital of japan is [SEP]
+    assert encoded[0] == tok.cls_token_id and encoded[-1] == tok.sep_token_id
+    with Inputs(bert.model) as seen:
+        res = diffusion_generate(bert, PROMPT, 4, steps=2)
+    start = len(encoded) - 1  # the region starts where the prompt's [SEP] was
+    first = seen.ids[0][0]
+    # the first pass sees [CLS] prompt [MASK]*4 [SEP]: the masks sit before the final [SEP]
+    assert first == encoded[:-1] + [tok.mask_token_id] * 4 + [tok.sep_token_id]
+    # the second pass: the same frame, two of the four region positions committed
+    second = seen.ids[1][0]
+    assert second[:start] == encoded[:-1] and second[-1] == tok.sep_token_id
+    assert len(second) == len(first)
+    assert second[start:-1].count(tok.mask_token_id) == 2
+    committed = {c["position"]: c["token_id"] for c in res.trace[0].committed}
+    assert {p: second[start + p] for p in committed} == committed
+    assert len(res.token_ids) == 4 and all(res.token_ids[p] == t for p, t in committed.items())
 
 
 def test_json_has_design_keys(bert):
     res = diffusion_generate(bert, PROMPT, 4, steps=2)
     js = res.to_json()
-    assert list(js) == ["model", "paradigm", "prompt", "length", "steps", "block_length",
-                        "strategy", "threshold", "nfe", "seconds", "tokens_per_second",
-                        "peak_memory_mb", "text", "trace"]
+    assert list(js) == ["model", "paradigm", "prompt", "length", "positions", "steps",
+                        "block_length", "strategy", "threshold", "nfe", "generated_tokens",
+                        "seconds", "tokens_per_second", "peak_memory_mb", "peak_memory_note",
+                        "text", "trace"]
     assert js["paradigm"] == "diffusion"
     t = js["trace"][0]
     assert {"step", "block", "committed", "tokens"} <= set(t)
     assert set(t["committed"][0]) == {"position", "token", "confidence"}
     assert t["tokens"].count("[MASK]") == 2  # mask text where still masked
-    assert js["peak_memory_mb"] is None or js["peak_memory_mb"] >= 0
+    assert js["positions"] == js["length"] == 4
+    assert js["generated_tokens"] == res.generated_tokens
+    assert js["peak_memory_mb"] > 0  # allocation-based: never 0 for a real model
     res.dumps()
 
+
+
+# ---------------------------------------------------------------------------- what is counted
+
+
+def test_content_tokens_stop_at_the_first_end_of_sequence(ends, bert):
+    res = diffusion_generate(ends, PROMPT, 8, threshold=0.9)
+    sep = bert.tokenizer.sep_token_id
+    assert res.token_ids[:3] == [len(SPECIAL) + p % 5 for p in (6, 7, 8)]
+    assert res.token_ids[3:] == [sep] * 5  # five [SEP] committed: canvas, not content
+    assert res.generated_tokens == 3 and res.positions == res.length == 8
+    assert res.tokens_per_second == pytest.approx(3 / res.seconds)
+    assert res.time_per_token == pytest.approx(res.seconds / 3)
+    assert res.tokens_per_forward_pass == pytest.approx(3 / res.nfe)
+    assert res.positions_per_forward_pass == pytest.approx(8 / res.nfe)
+    assert res.text == "capital of japan"  # WORDS[p % 5] at absolute positions 6, 7, 8
+    assert res.trace[-1].end == 3  # the first end-of-sequence position of the region
+    js = res.to_json()
+    assert js["generated_tokens"] == 3 and js["positions"] == 8
+    assert js["trace"][-1]["end"] == 3
+
+
+def test_content_tokens_zero_when_the_region_starts_with_an_end(bert):
+    model = EndsAt(len(bert.tokenizer), 0)
+    res = diffusion_generate(Loaded(_entry("ends0", "diffusion"), model, bert.tokenizer), PROMPT,
+                             4, threshold=0.9)
+    assert res.generated_tokens == 0 and res.tokens_per_second == 0.0
+    assert res.time_per_token is None and res.text == ""
+
+
+def test_remask_counts_content_tokens(ends):
+    res = remask_generate(ends, PROMPT, 8, 2)
+    assert res.generated_tokens == 3 and res.positions == 8
+    assert res.tokens_per_second == pytest.approx(3 / res.seconds)
+
+
+def test_ar_stops_at_eos_by_default(scripted, gpt2):
+    tok = gpt2.tokenizer
+    res = autoregressive_generate(scripted, "the cat", 10)
+    assert res.token_ids == [tok.convert_tokens_to_ids("tokyo"), tok.convert_tokens_to_ids("."),
+                             tok.eos_token_id]
+    assert res.nfe == res.steps == len(res.trace) == 3
+    assert res.generated_tokens == 2  # the end-of-sequence token is not content
+    assert res.positions == res.length == 10  # the canvas: the most it was allowed to write
+    assert res.tokens_per_second == pytest.approx(2 / res.seconds)
+    assert res.text == "tokyo ."
+    assert res.trace[-1].end == 2 and res.trace[0].end is None
+    assert res.to_json()["generated_tokens"] == 2
+    # asked to, it writes past the end; the content still ends there
+    on = autoregressive_generate(scripted, "the cat", 10, stop_at_eos=False)
+    assert on.nfe == 10 and on.token_ids[:3] == res.token_ids
+    assert on.generated_tokens == 2 and on.text == res.text
+    assert on.tokens_per_second == pytest.approx(2 / on.seconds)
+
+
+# ---------------------------------------------------------------------------- peak memory
+
+
+def test_peak_memory_counts_allocations(bert):
+    hungry = Loaded(_entry("hungry", "diffusion"), Hungry(len(bert.tokenizer)), bert.tokenizer)
+    res = diffusion_generate(hungry, PROMPT, 4, steps=2)
+    assert res.peak_memory_mb >= 8.0  # the 8 MiB scratch tensor, allocated and freed each pass
+    assert res.peak_memory_mb < 16.0  # freed before the next pass: never two at once
+    assert "replay" in res.peak_memory_note
+
+
+def test_peak_memory_is_positive_for_real_models(bert, gpt2):
+    d = diffusion_generate(bert, PROMPT, 8, steps=4)
+    a = autoregressive_generate(gpt2, "the cat", 8)
+    for res in (d, a):
+        assert isinstance(res.peak_memory_mb, float) and res.peak_memory_mb > 0
+    r = remask_generate(bert, PROMPT, 6, 3)
+    assert r.peak_memory_mb > 0
+
+
+def test_timed_run_is_not_profiled(bert):
+    model = EndsAt(len(bert.tokenizer), 9)
+    loaded = Loaded(_entry("ends", "diffusion"), model, bert.tokenizer)
+    res = diffusion_generate(loaded, PROMPT, 8, steps=4)
+    # the timed run first, without the profiler; then the profiled replay for the memory
+    assert model.calls == [False] * res.nfe + [True] * res.nfe
+    model.calls.clear()
+    res = diffusion_generate(loaded, PROMPT, 8, steps=4, measure_memory=False)
+    assert model.calls == [False] * res.nfe
+    assert res.peak_memory_mb is None and "not measured" in res.peak_memory_note
+
+
+def test_peak_memory_leaves_a_running_profiler_alone(bert, monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+
+    from models import generation
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        res = diffusion_generate(bert, PROMPT, 4, steps=2)
+    assert res.peak_memory_mb is None and "already running" in res.peak_memory_note
+    assert any(e.name == "aten::softmax" for e in prof.events())  # the caller's profile is whole
+    # torch's private profiler entry points gone: the public profiler gives the same peak
+    fast = diffusion_generate(bert, PROMPT, 4, steps=2).peak_memory_mb
+
+    def missing(_run):
+        raise generation._NoPrivateProfiler("gone")
+
+    monkeypatch.setattr(generation, "_memory_only_profile", missing)
+    assert diffusion_generate(bert, PROMPT, 4, steps=2).peak_memory_mb == fast > 0
+
+
+def test_peak_memory_on_cuda_is_the_allocator_high_water_mark(monkeypatch):
+    """The CUDA branch (no GPU needed): reset, time one run, max_memory_allocated - start; no
+    replay."""
+    from models import generation
+
+    calls = []
+    state = {"allocated": 300 * 2**20, "peak": 300 * 2**20}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda d=None: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: state["peak"])
+
+    def run():
+        calls.append("run")
+        state["peak"] += 12 * 2**20  # the generation's high-water mark: 12 MiB on top
+        return [1, 2, 3]
+
+    out, seconds, peak, note = generation._measured(torch.device("cuda"), run, True,
+                                                    lambda a, b: a == b)
+    assert out == [1, 2, 3] and seconds > 0
+    assert calls == ["sync", "reset", "run", "sync"]  # reset before, one timed run, no replay
+    assert peak == 12.0 and "max_memory_allocated" in note
+
+
+def test_peak_memory_none_when_the_replay_differs(bert):
+    fickle = Loaded(_entry("fickle", "diffusion"), Fickle(len(bert.tokenizer)), bert.tokenizer)
+    res = diffusion_generate(fickle, PROMPT, 4, steps=4)
+    assert res.peak_memory_mb is None
+    assert "replay" in res.peak_memory_note and "differ" in res.peak_memory_note
 
 # ---------------------------------------------------------------------------- remask mode
 
@@ -274,8 +522,8 @@ def test_remask_sampling_modes(bert):
 
 
 def test_ar_cache_matches_no_cache(gpt2):
-    a = autoregressive_generate(gpt2, "the capital of", 10, use_cache=True)
-    b = autoregressive_generate(gpt2, "the capital of", 10, use_cache=False)
+    a = autoregressive_generate(gpt2, "the capital of", 10, use_cache=True, stop_at_eos=False)
+    b = autoregressive_generate(gpt2, "the capital of", 10, use_cache=False, stop_at_eos=False)
     assert a.token_ids == b.token_ids
     assert a.nfe == a.steps == 10 == len(a.trace)
     full = gpt2.model(input_ids=torch.tensor([gpt2.tokenizer("the capital of")["input_ids"]
@@ -286,26 +534,28 @@ def test_ar_cache_matches_no_cache(gpt2):
 
 
 def test_ar_trace_format(gpt2):
-    res = autoregressive_generate(gpt2, "the cat", 5)
+    res = autoregressive_generate(gpt2, "the cat", 5, stop_at_eos=False)
     assert res.paradigm == "autoregressive" and res.block_length == 1
     for i, r in enumerate(res.trace, start=1):
         assert r.step == i and r.block == i - 1
         assert len(r.committed) == 1 and r.committed[0]["position"] == i - 1
         assert r.tokens[i:] == [PENDING] * (5 - i)
         assert PENDING not in r.tokens[:i]
-    assert res.tokens_per_second == pytest.approx(5 / res.seconds)
+    assert res.tokens_per_second == pytest.approx(res.generated_tokens / res.seconds)
 
 
 def test_ar_stop_at_eos(gpt2):
     # sampling at a high temperature from a random model reaches <eos> (id 0) soon
     for seed in range(50):
-        res = autoregressive_generate(gpt2, "the cat", 30, temperature=50.0, seed=seed)
+        res = autoregressive_generate(gpt2, "the cat", 30, temperature=50.0, seed=seed,
+                                      stop_at_eos=False)
         if 0 in res.token_ids:
             cut = res.token_ids.index(0)
-            stopped = autoregressive_generate(gpt2, "the cat", 30, temperature=50.0, seed=seed,
-                                              stop_at_eos=True)
+            stopped = autoregressive_generate(gpt2, "the cat", 30, temperature=50.0, seed=seed)
             assert stopped.token_ids == res.token_ids[:cut + 1]
-            assert stopped.length == stopped.nfe == cut + 1
+            assert stopped.nfe == stopped.steps == cut + 1
+            assert stopped.generated_tokens == res.generated_tokens == cut
+            assert stopped.length == stopped.positions == 30
             assert stopped.text == res.text
             return
     pytest.skip("no <eos> sampled")
@@ -407,7 +657,9 @@ def test_compare(gpt2, bert):
         assert s["paradigm"] == paradigm and s["runs"] == 4
         assert s["n_scored"] == 2 and 0 <= s["accuracy"] <= 1
         assert 0 <= s["consistency"] <= 1
-        assert s["tokens_per_second"] > 0 and s["mean_nfe"] == 4
+        assert s["tokens_per_second"] > 0
+        # diffusion: one pass per step; autoregressive: one per token, up to its <eos>
+        assert (s["mean_nfe"] == 4) if paradigm == "diffusion" else (1 <= s["mean_nfe"] <= 4)
         for row in out["runs"]:
             r = row[paradigm]
             if row["expected"] is None:
@@ -415,8 +667,28 @@ def test_compare(gpt2, bert):
             else:
                 assert r["correct"] == (row["expected"] in r["text"].lower())
     greedy = compare(gpt2, bert, prompts[1:], length=4, warmup=False)
+    assert greedy["diffusion"]["peak_memory_mb"] > 0 < greedy["autoregressive"]["peak_memory_mb"]
     assert greedy["autoregressive"]["accuracy"] is None
     assert greedy["diffusion"]["consistency"] is None
+
+
+def test_compare_counts_content_tokens(scripted, ends):
+    out = compare(scripted, ends, [("the cat", "tokyo")] * 2, length=8, threshold=0.9)
+    # "the cat": the region starts at absolute position 3 ([CLS] the cat), so `ends` (which
+    # writes [SEP] from position 9 on) has six content tokens
+    for paradigm, content in (("autoregressive", 2), ("diffusion", 6)):
+        s = out[paradigm]
+        runs = [row[paradigm] for row in out["runs"]]
+        assert [r["generated_tokens"] for r in runs] == [content, content]
+        assert [r["positions"] for r in runs] == [8, 8]
+        seconds = sum(r["seconds"] for r in runs)
+        assert s["tokens_per_second"] == pytest.approx(2 * content / seconds)
+        assert s["generated_tokens"] == 2 * content and s["positions"] == 16
+        assert s["tokens_per_forward_pass"] == pytest.approx(2 * content / (2 * s["mean_nfe"]))
+        assert s["positions_per_forward_pass"] == pytest.approx(16 / (2 * s["mean_nfe"]))
+        assert s["peak_memory_mb"] > 0
+    assert out["autoregressive"]["mean_nfe"] == 3  # stopped at <eos>, not 8 passes
+    assert "content" in out["definitions"]["tokens_per_second"]
 
 
 # ---------------------------------------------------------------------------- exports
@@ -441,6 +713,6 @@ def test_export_zip(bert, gpt2, tmp_path):
     evil = diffusion_generate(bert, "the cat </script><script>alert(1)</script>", 2)
     html = trace_html(evil)
     assert html.count("</script>") == 2
-    ar = autoregressive_generate(gpt2, "the cat", 3)
+    ar = autoregressive_generate(gpt2, "the cat", 3, stop_at_eos=False)
     path = trace_gif(ar, tmp_path / "ar.gif")
     assert Image.open(path).n_frames == 4

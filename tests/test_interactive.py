@@ -225,3 +225,42 @@ def test_trace_helpers(model):
     for p, step in enumerate(t.commit_step):
         assert all(not math.isnan(x) for x in t.best[p][:step])  # known while masked
         assert all(math.isnan(x) for x in t.best[p][step:])  # nothing after the commit
+
+
+def test_content_tokens_and_the_end_in_step_mode(model):
+    from models.interactive import region_at
+
+    sep = model.tokenizer.sep_token_id
+    s = stepper(model, length=6)
+    s.forward()
+    assert s.end is None and s.generated_tokens == 0
+    s.select(2, sep)  # an end-of-sequence token, chosen by hand, ...
+    s.select(0, s.view[0].candidate_id)  # ... and one content token before it
+    s.select(4, s.view[4].candidate_id)  # ... and one after it
+    rec = s.apply()
+    assert rec.end == 2 and s.end == 2
+    assert s.generated_tokens == 1  # position 0; 1 is still masked, 4 lies past the end
+    res = s.to_result()
+    assert res.generated_tokens == 1 and res.positions == 6 and res.nfe == 1
+    assert res.tokens_per_second == pytest.approx(1 / res.seconds)
+    assert res.peak_memory_mb is None and "step mode" in res.peak_memory_note
+    cells = region_at(res, 1)
+    assert [c["end"] for c in cells] == [None, None, "eos", "after", "after", "after"]
+    assert [c["state"] for c in cells] == ["new", "masked", "new", "masked", "new", "masked"]
+    assert cells[4]["token"] == s.token_text(s.region[4])  # greyed, not hidden
+    assert [c["end"] for c in region_at(res, 0)] == [None] * 6
+
+
+def test_region_of_an_autoregressive_run_that_stopped(gpt2):
+    from models.generation import autoregressive_generate
+    from models.interactive import region_at, shown_positions
+
+    res = autoregressive_generate(gpt2, PROMPT, 40)
+    n = len(res.trace)
+    assert res.token_ids[-1] == gpt2.tokenizer.eos_token_id and n < 40  # stopped at <eos>
+    assert shown_positions(res) == n and res.positions == 40
+    final = region_at(res, n)
+    assert len(final) == n and final[-1]["end"] == "eos"
+    assert all(c["end"] is None for c in final[:-1])
+    mid = region_at(res, 2)
+    assert len(mid) == n and [c["state"] for c in mid[:3]] == ["old", "new", "masked"]

@@ -155,8 +155,24 @@ def test_activation_entropy_wide_and_tall_agree_with_gram():
         lam = np.clip(np.linalg.eigvalsh(z @ z.T), 0, None)
         lam = lam / lam.sum()
         lam = lam[lam > 0]
-        expect = -np.sum(lam * np.log(lam)) / math.log(min(shape))
+        expect = -np.sum(lam * np.log(lam)) / math.log(min(shape[0] - 1, shape[1]))
         assert M.activation_entropy(h) == pytest.approx(expect, abs=1e-9)
+
+
+@pytest.mark.parametrize("t", [3, 8, 24])
+def test_activation_entropy_regular_simplex_reaches_one(t):
+    # T one-hot rows (d = T): centred, they span T - 1 directions with equal weight (a regular
+    # simplex), the largest entropy T points can have, so the normalised value is exactly 1
+    # whatever T is (log(min(T - 1, d)) normaliser; log(min(T, d)) capped 8 tokens at 0.936).
+    assert M.activation_entropy(np.eye(t)) == pytest.approx(1.0, abs=1e-12)
+    # and d > T changes nothing: the rank is still T - 1
+    wide = np.concatenate([np.eye(t), np.zeros((t, 5))], axis=1)
+    assert M.activation_entropy(wide) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_activation_entropy_needs_three_tokens():
+    # two centred rows are +v and -v: one direction, log(min(1, d)) = 0: undefined
+    assert M.activation_entropy(np.array([[1.0, 2.0], [3.0, 5.0]])) is None
 
 
 # --- cosine to input, anisotropy --------------------------------------------------------------
@@ -238,51 +254,51 @@ def _causal_uniform(layers: int, heads: int, t: int) -> np.ndarray:
 
 KEYS = ["layer", "effective_rank", "participation_ratio", "intrinsic_dim_pca95",
         "intrinsic_dim_twonn", "activation_entropy", "cosine_to_input", "anisotropy",
-        "attention_entropy"]
+        "attention_entropy", "intrinsic_dim_twonn_ci_low", "intrinsic_dim_twonn_ci_high"]
 
 
 def test_layer_metrics_rows():
     n_layers, t, d = 3, 24, 16
     hidden = _rng(13).normal(size=(n_layers + 1, t, d)).astype(np.float32)
-    rows = M.layer_metrics(hidden, _causal_uniform(n_layers, 2, t), causal=True)
-    assert len(rows) == n_layers + 1
-    assert [r["layer"] for r in rows] == list(range(n_layers + 1))
-    assert rows[0]["attention_entropy"] is None
-    assert rows[0]["cosine_to_input"] == pytest.approx(1.0)
-    for r in rows:
-        assert list(r) == KEYS
-        assert isinstance(r["intrinsic_dim_pca95"], int)
-        for k in KEYS[1:]:
-            if r["layer"] == 0 and k == "attention_entropy":
-                continue
-            assert isinstance(r[k], (int, float)) and math.isfinite(r[k]), (r["layer"], k)
-    for r in rows[1:]:
-        assert r["attention_entropy"] == pytest.approx(1.0)
+    out = M.layer_metrics(hidden, _causal_uniform(n_layers, 2, t), causal=True)
+    assert list(out) == KEYS[1:]
+    for name, values in out.items():
+        assert values.shape == (n_layers + 1,) and values.dtype == np.float64, name
+        finite = np.isfinite(values)
+        assert finite[1:].all(), name  # every metric is defined on blocks 1..L here
+        assert finite[0] == (name != "attention_entropy"), name  # no attention on layer 0
+    assert out["cosine_to_input"][0] == pytest.approx(1.0)
+    assert out["intrinsic_dim_pca95"][2] == int(out["intrinsic_dim_pca95"][2])
+    assert np.allclose(out["attention_entropy"][1:], 1.0)  # uniform causal attention
     # same numbers as the single functions
     h2 = hidden[2].astype(np.float64)
-    assert rows[2]["effective_rank"] == pytest.approx(M.effective_rank(h2))
-    assert rows[2]["participation_ratio"] == pytest.approx(M.participation_ratio(h2))
-    assert rows[2]["intrinsic_dim_pca95"] == M.intrinsic_dim_pca95(h2)
+    assert out["effective_rank"][2] == pytest.approx(M.effective_rank(h2))
+    assert out["participation_ratio"][2] == pytest.approx(M.participation_ratio(h2))
+    assert out["intrinsic_dim_pca95"][2] == M.intrinsic_dim_pca95(h2)
 
 
-def test_layer_metrics_corpus_segments():
-    n_layers, d = 2, 8
-    segments = [(0, 5), (5, 12), (12, 20)]
-    hidden = _rng(14).normal(size=(n_layers + 1, 20, d))
-    per_segment = [_causal_uniform(n_layers, 3, e - s) for s, e in segments]
-    rows = M.layer_metrics(hidden, per_segment, causal=True, segments=segments)
-    assert len(rows) == n_layers + 1
-    assert rows[1]["attention_entropy"] == pytest.approx(1.0)
-    assert rows[1]["effective_rank"] == pytest.approx(M.effective_rank(hidden[1]))  # pooled
-    # pooled rows: head 0 one-hot (entropy 0) in segment 0 only -> weighted by row counts
-    per_segment[0][0, 0] = np.eye(5)
-    rows = M.layer_metrics(hidden, per_segment, causal=True, segments=segments)
-    kept = [4, 6, 7]
-    head0 = (0 * 4 + 6 + 7) / sum(kept)
-    assert rows[1]["attention_entropy"] == pytest.approx((head0 + 1 + 1) / 3)
+# --- TwoNN uncertainty -------------------------------------------------------------------------
+
+def test_twonn_interval_covers_the_true_dimension_and_narrows_with_points():
+    """Points filling a 3-D cube embedded in 12 dimensions: TwoNN's bootstrap interval contains
+    3 and the estimate; with 24 points it is several units wide (prompt-length TwoNN is noise),
+    with 2000 points it is tight."""
+    embed = _orthonormal(12, 3, 5).T  # [3, 12]
+    widths = []
+    for n in (24, 2000):
+        h = _rng(n).uniform(size=(n, 3)) @ embed
+        ratios = M.twonn_ratios(h)
+        est = M.twonn_fit(*ratios)
+        lo, hi = M.twonn_interval(*ratios)
+        assert lo <= est <= hi
+        assert lo <= 3.0 <= hi
+        widths.append(hi - lo)
+    assert widths[0] > 1.0 and widths[1] < 0.5 and widths[0] > 3 * widths[1]
 
 
-def test_layer_metrics_corpus_needs_per_segment_list():
-    hidden = _rng(15).normal(size=(2, 6, 4))
-    with pytest.raises(ValueError):
-        M.layer_metrics(hidden, _causal_uniform(1, 1, 6), causal=True, segments=[(0, 3), (3, 6)])
+def test_layer_metrics_report_the_twonn_interval():
+    hidden = _rng(21).normal(size=(2, 30, 6))
+    out = M.layer_metrics(hidden, _causal_uniform(1, 2, 30), causal=True)
+    assert np.all(out["intrinsic_dim_twonn_ci_low"] <= out["intrinsic_dim_twonn"])
+    assert np.all(out["intrinsic_dim_twonn"] <= out["intrinsic_dim_twonn_ci_high"])
+    assert M.TWONN_RELIABLE_TOKENS >= 100

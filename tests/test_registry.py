@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from models.errors import UserError
-from models.loading import LoadOptions, ModelCache, load_uncached
+from models.common import UserError
+from models.loading import LoadOptions, ModelStore, load_uncached
 from models.registry import availability, builtin_entries, describe, resolve
 from tests.conftest import EMBEDDED, ROOT
 
@@ -68,10 +68,25 @@ def test_embedded_models_are_small_and_have_distinct_depths():
     assert len(set(depths)) == len(depths) and 12 not in depths
 
 
-def test_loaded_models_are_eager_and_in_eval_mode(gpt2, bert, llama):
+def test_loaded_models_run_eager_attention_in_eval_mode(gpt2, bert, llama):
+    """Loaded with eager attention, then switched to the project's registered implementation
+    (models.attention) only because it gives exactly eager's numbers: the same logits and
+    attention weights as a fresh eager load of the same checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
     for loaded in (gpt2, bert, llama):
-        assert loaded.model.training is False
-        assert loaded.model.config._attn_implementation == "eager"
+        assert not any(m.training for m in loaded.model.modules())
+        assert loaded.model.config._attn_implementation == loaded.attention == "dashboard"
+        auto = AutoModelForCausalLM if loaded.causal else AutoModelForMaskedLM
+        eager = auto.from_pretrained(loaded.entry.source, attn_implementation="eager").eval()
+        ids = torch.tensor([[3, 7, 11, 5, 9, 13]])
+        with torch.no_grad():
+            ref = eager(input_ids=ids, output_attentions=True)
+            got = loaded.model(input_ids=ids, output_attentions=True)
+        assert torch.equal(ref.logits, got.logits)
+        for a, b in zip(ref.attentions, got.attentions, strict=True):
+            assert torch.equal(a, b)
 
 
 def test_llama_uses_grouped_query_attention(llama):
@@ -84,7 +99,7 @@ def test_unknown_and_bad_names_raise_user_error():
     for bad in ["", "   ", "nope-not-a-model", "../../etc", "https://evil.example/x",
                 "a;rm -rf /", "$(reboot)"]:
         with pytest.raises(UserError):
-            ModelCache().get(bad)
+            ModelStore().get(bad)
 
 
 def test_folder_without_model_and_corrupt_weights(tmp_path):
@@ -124,7 +139,7 @@ def test_local_folder_loads_and_infers_task(tmp_path):
 
 
 def test_cache_is_lru_bounded_and_survives_a_failed_load(tmp_path):
-    cache = ModelCache(max_models=2)
+    cache = ModelStore(max_models=2)
     a = cache.get("tiny-gpt2")
     cache.get("tiny-bert")
     assert cache.get("tiny-gpt2") is a  # a hit moves it to the end
@@ -145,7 +160,7 @@ def test_loads_freeze_long_lived_objects_and_evicted_models_are_freed():
     import gc
     import weakref
 
-    cache = ModelCache(max_models=1)
+    cache = ModelStore(max_models=1)
     first = cache.get("tiny-gpt2")
     assert gc.get_freeze_count() > 0
     first.model.cycle = [first.model]  # a reference cycle only the collector can free

@@ -24,8 +24,21 @@ from PIL import Image
 from analysis import attention as att_mod
 from analysis import metrics as met
 from analysis.capture import Trace
-from analysis.result import HEAD_COLUMNS, LAYER_COLUMNS, Analysis, ModelResult
-from models.errors import UserError
+from analysis.result import (
+    HEAD_COLUMNS,
+    HEAD_EXTRA_COLUMNS,
+    LAYER_COLUMNS,
+    Analysis,
+    HeadMetrics,
+    LayerMetrics,
+    LogitLens,
+    ModelInfo,
+    ModelResult,
+    Predictions,
+    TokenAttribution,
+    TokenProb,
+)
+from models.common import UserError
 from reports import bundle as bundle_mod
 from reports import figures as figs
 
@@ -38,9 +51,9 @@ MODEL_FIGURES = ["attention_entropy_heatmap", "attention_pattern", "head_attribu
                  "metric_correlation_heatmap", "normalised_metric_heatmap", "token_attribution"]
 LAYER_HEADER = ["model", "layer", "effective_rank", "participation_ratio", "intrinsic_dim_pca95",
                 "intrinsic_dim_twonn", "activation_entropy", "cosine_to_input", "anisotropy",
-                "attention_entropy"]
+                "attention_entropy", "intrinsic_dim_twonn_ci_low", "intrinsic_dim_twonn_ci_high"]
 HEAD_HEADER = ["model", "layer", "head", "attention_entropy", "cluster", "previous_token_score",
-               "first_token_score", "attribution"]
+               "first_token_score", "attribution", "induction_score", "self_score", "role"]
 REL = 1e-9
 
 needs_models = pytest.mark.skipif(
@@ -70,9 +83,10 @@ def built(analysis, tmp_path_factory) -> tuple[Path, float]:
 
 @pytest.fixture(scope="module")
 def corpus() -> Analysis:
+    """A longer single-prompt analysis of one model (the old corpus fixture's role)."""
     from analysis.run import analyze
 
-    return analyze(["tiny-gpt2"], [PROMPT, "the capital of france is paris.", "a big city"])
+    return analyze(["tiny-gpt2"], [PROMPT + " tokyo. the capital of france is paris. a big city"])
 
 
 def _read_zip(path: Path) -> dict[str, bytes]:
@@ -145,7 +159,7 @@ def test_manifest_hashes_and_fields(analysis, built):
         assert m["n_layers"] == r.trace.n_layers and m["n_heads"] == r.trace.n_heads
         assert m["hidden_size"] == r.trace.hidden.shape[-1]
         assert m["params"] > 0 and m["class"].endswith(("LMHeadModel", "MaskedLM", "CausalLM"))
-        assert "segments" not in m  # single prompt
+        assert m["last_layer"] == "block L's output before the final norm"
         att = man["arrays"][m["attention_file"]]
         assert att["dtype"] == "float32" and att["float16_over_limit"] is False
         assert att["shape"] == list(r.trace.attentions.shape)
@@ -167,11 +181,14 @@ def test_csv_json_and_arrays_parse(analysis, built):
     # full precision: the CSV reproduces the result's floats exactly
     for r in analysis.results:
         mine = [x for x in rows if x["model"] == r.name]
-        for m, row in zip(r.layer_metrics, mine, strict=True):
+        for m, row in zip(r.layers.rows(), mine, strict=True):
             for c in LAYER_COLUMNS:
                 assert _num(row[c]) == (None if m[c] is None else float(m[c])), (r.name, c)
     header, hrows = _csv_rows(files["head_metrics.csv"])
-    assert header == HEAD_HEADER == ["model", "layer", "head"] + HEAD_COLUMNS
+    assert header == HEAD_HEADER == ["model", "layer", "head"] + HEAD_COLUMNS + HEAD_EXTRA_COLUMNS
+    for row in hrows:
+        assert row["role"] in ("previous", "first", "self", "induction", "mixed")
+        assert 0 <= _num(row["induction_score"]) <= 1 and 0 <= _num(row["self_score"]) <= 1
     assert len(hrows) == sum(r.trace.n_layers * r.trace.n_heads for r in analysis.results)
 
     preds = json.loads(files["predictions.json"])
@@ -259,7 +276,7 @@ def test_no_prediction_figure_is_a_message(analysis):
     if "tiny-bert" not in AVAILABLE:
         pytest.skip("tiny-bert is not trained yet")
     bert = analysis.result("tiny-bert")  # no [MASK] in the prompt: nothing to attribute
-    assert bert.token_attribution == {}
+    assert bert.attribution is None
     fig = figs.token_attribution(bert)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "no prediction to attribute" in texts
@@ -272,16 +289,17 @@ def test_no_prediction_figure_is_a_message(analysis):
 
 @needs_models
 @pytest.mark.slow
-def test_corpus_bundle_is_recomputable(corpus, tmp_path):
-    out = bundle_mod.write_bundle(corpus, tmp_path / "corpus.zip")
+def test_longer_bundle_is_recomputable_with_its_continuation(corpus, tmp_path):
+    """Every layer metric recomputed from the NPY files; the continuation asked for after the
+    analysis goes into predictions.json, the PDF and the session log."""
+    out = bundle_mod.write_bundle(corpus, tmp_path / "corpus.zip",
+                                  continuations={"tiny-gpt2": "paris. paris is a big city."})
     files = _read_zip(out)
     assert set(files) == _expected_files(corpus)
+    assert json.loads(files["predictions.json"])["tiny-gpt2"]["text"] == "paris. paris is a big city."
+    assert "paris is a big city" in files["session_log.html"].decode()
     man = json.loads(files["manifest.json"])
     m = man["models"][0]
-    r = corpus.results[0]
-    assert m["corpus_mode"] is True
-    assert m["segments"] == [list(s) for s in r.pooled.segments]
-    assert len(m["segments"]) == 3 and m["segments"][-1][1] == m["n_tokens"]
     att = np.load(io.BytesIO(files[m["attention_file"]]))
     hid = np.load(io.BytesIO(files[m["hidden_states_file"]]))
     tokens = json.loads(files["tokens.json"])["tiny-gpt2"]
@@ -293,17 +311,9 @@ def test_corpus_bundle_is_recomputable(corpus, tmp_path):
         if layer == 0:
             assert row["attention_entropy"] == ""
             continue
-        # every head's rows pooled over the segments' diagonal blocks, then mean over heads
-        per_head = []
-        for head in range(att.shape[1]):
-            kept = [met.attention_entropy_rows(att[layer - 1, head, s:e, s:e], m["causal"])
-                    for s, e in m["segments"]]
-            per_head.append(np.concatenate(kept).mean())
+        per_head = [met.attention_entropy_rows(att[layer - 1, head], m["causal"]).mean()
+                    for head in range(att.shape[1])]
         assert _close(float(np.mean(per_head)), _num(row["attention_entropy"]))
-        # block-diagonal: no attention across prompts
-        for s, e in m["segments"]:
-            assert np.all(att[layer - 1, :, s:e, :s] == 0) and np.all(att[layer - 1, :, s:e, e:]
-                                                                        == 0)
 
 
 def _skip_figures(monkeypatch) -> None:
@@ -375,7 +385,7 @@ def test_float16_over_the_limit(corpus, tmp_path, monkeypatch):
     info = man["arrays"][m["attention_file"]]
     assert info["dtype"] == "float16" and info["float16_over_limit"] is True
     assert man["arrays"][m["hidden_states_file"]]["dtype"] == "float32"
-    np.testing.assert_allclose(att.astype(np.float32), corpus.results[0].pooled.attentions,
+    np.testing.assert_allclose(att.astype(np.float32), corpus.results[0].trace.attentions,
                                atol=1e-3)
 
 
@@ -396,29 +406,28 @@ def fake_result(n_tokens: int = 8, n_layers: int = 3, n_heads: int = 4, d: int =
     ent = att_mod.head_entropies(att, True)
     roles = att_mod.role_scores(att)
     labels, proj = att_mod.cluster_heads(att, True)
-    heads = [{"layer": lay + 1, "head": h, "attention_entropy": float(ent[lay, h]),
-              "cluster": int(labels[lay * n_heads + h]),
-              "previous_token_score": float(roles["previous_token_score"][lay, h]),
-              "first_token_score": float(roles["first_token_score"][lay, h]),
-              "self_score": float(roles["self_score"][lay, h]),
-              "induction_score": float(rng.random()), "attribution": 0.1}
-             for lay in range(n_layers) for h in range(n_heads)]
-    token_attr = ({"target": "tokyo", "position": n_tokens - 1,
-                   "grad_x_input": rng.normal(size=n_tokens).tolist(),
-                   "rollout": rng.random(n_tokens).tolist(), "log_prob": -0.1,
-                   "head_method": "gradient"} if attributed else {})
-    lens = {"top_tokens": [[f"w{i}" for i in range(n_tokens)]] * (n_layers + 1),
-            "top_probs": rng.random((n_layers + 1, n_tokens))}
-    return ModelResult(trace=trace, layer_metrics=met.layer_metrics(hidden, att, True),
-                       head_metrics=heads, head_projection=proj,
-                       predictions={"model": name, "task": "causal", "prompt": trace.prompt,
-                                    "predictions": [{"token": "tokyo", "probability": 0.9}],
-                                    "text": "tokyo"},
-                       token_attribution=token_attr,
-                       head_attribution=rng.normal(size=(n_layers, n_heads)), logit_lens=lens,
-                       induction=rng.random((n_layers, n_heads)),
-                       source={"name": name, "class": "FakeModel", "n_layers": n_layers,
-                               "n_heads": n_heads, "hidden_size": d, "params": 1234})
+    induction = rng.random((n_layers, n_heads))
+    heads = HeadMetrics(
+        attention_entropy=ent, previous_token_score=roles["previous_token_score"],
+        first_token_score=roles["first_token_score"], self_score=roles["self_score"],
+        mean_distance=att_mod.mean_attention_distance(att), induction_score=induction,
+        cluster=labels.reshape(n_layers, n_heads),
+        role=att_mod.head_roles(roles["previous_token_score"], roles["first_token_score"],
+                                roles["self_score"], induction),
+        projection=proj, attribution=rng.normal(size=(n_layers, n_heads)) if attributed else None)
+    attribution = (TokenAttribution("tokyo", 7, n_tokens - 1, rng.random(n_tokens),
+                                    rng.normal(size=n_tokens), -0.1) if attributed else None)
+    lens = LogitLens(list(range(n_tokens)), [n_tokens - 1],
+                     np.zeros((n_layers + 1, n_tokens), np.int64),
+                     [[f"w{i}" for i in range(n_tokens)]] * (n_layers + 1),
+                     rng.random((n_layers + 1, n_tokens)))
+    info = ModelInfo(name=name, source="fake", family="local", cls="FakeModel",
+                     n_layers=n_layers, n_heads=n_heads, hidden_size=d, params=1234)
+    return ModelResult(trace=trace, layers=LayerMetrics(**met.layer_metrics(hidden, att, True)),
+                       heads=heads, info=info,
+                       predictions=Predictions(name, "causal", trace.prompt,
+                                               [TokenProb("tokyo", 7, 0.9)]),
+                       attribution=attribution, lens=lens)
 
 
 def _fake_analysis(**kw) -> Analysis:
@@ -426,9 +435,26 @@ def _fake_analysis(**kw) -> Analysis:
     return Analysis(prompts=[r.trace.prompt], results=[r], created="2025-01-01T00:00:00+00:00")
 
 
-def test_every_standard_figure_draws_and_closes():
+def test_every_standard_figure_draws_and_is_released(tmp_path, monkeypatch):
+    """Every standard figure draws; writing them (render_pngs) leaves none alive: the figures
+    are plain Figure objects that no registry keeps, so in a server they never pile up."""
+    import gc
+    import weakref
+
     a = _fake_analysis()
-    before = figs.plt.get_fignums()
+    made = []
+    real = figs._figure
+
+    def tracked(*args, **kwargs):
+        fig = real(*args, **kwargs)
+        made.append(weakref.ref(fig))
+        return fig
+
+    monkeypatch.setattr(figs, "_figure", tracked)
+    pngs = figs.render_pngs(a, tmp_path)
+    gc.collect()
+    assert len(made) >= len(pngs) == 11 and all(ref() is None for ref in made)
+    assert figs.plt.get_fignums() == []  # and nothing went through pyplot's figure manager
     specs = figs.standard_figures(a)
     assert [s.name for s in specs] == (["layer_metric_curves"]
                                        + [f"org_fake_model_{f}" for f in [
@@ -444,8 +470,7 @@ def test_every_standard_figure_draws_and_closes():
         assert spec.caption and spec.title
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
-        figs.plt.close(fig)
-    assert figs.plt.get_fignums() == before
+        assert buf.getvalue().startswith(b"\x89PNG")
 
 
 def test_layer_curves_use_relative_depth():
@@ -468,7 +493,7 @@ def test_long_sequences_thin_their_labels():
     assert labels[0] == figs.token_label(r.trace.tokens[0])
     fig.canvas.draw()
     lens = figs.logit_lens(r)
-    assert "last 24 of 130" in lens.axes[0].get_title()
+    assert "24 of 130 positions" in lens.axes[0].get_title()
     assert len(lens.axes[0].get_xticks()) == figs.LENS_POSITIONS
 
 

@@ -40,7 +40,7 @@ def api_parameters(demo) -> dict[str, list[str]]:
 
 
 def test_share_refuses_custom_models_and_never_enables_remote_code():
-    from models.errors import UserError
+    from models.common import UserError
     from ui import overall_tab
     from ui.app import AppConfig, build_app, make_context
 
@@ -252,7 +252,7 @@ def evil_folders(tmp_path):
 def test_weights_are_safetensors_only_unless_the_flag_allows_pickle(evil_folders, tmp_path, caplog):
     from safetensors.torch import load_file
 
-    from models.errors import UserError
+    from models.common import UserError
     from models.loading import LoadOptions, load_uncached
     from models.registry import resolve
 
@@ -309,7 +309,7 @@ def test_a_prompt_over_max_prompt_tokens_is_truncated_with_a_visible_notice():
 
 
 def test_limits_have_sensible_defaults_and_are_checked_at_start():
-    from models.errors import UserError
+    from models.common import UserError
     from ui import limits
     from ui.app import AppConfig, check_config
 

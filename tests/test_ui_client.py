@@ -19,6 +19,20 @@ def client(url):
     return Client(url, verbose=False, download_files=True)
 
 
+def shown(out) -> dict:
+    """The /analyze outputs by elem_id (ui.overall_tab.output_names without the session state
+    and the slot columns, which the API does not return)."""
+    from ui.overall_tab import output_names
+
+    names = [n for n in output_names(4) if n != "state" and not n.startswith("slot-")]
+    assert len(out) == len(names)
+    return dict(zip(names, out, strict=True))
+
+
+def top_label(value) -> str:
+    return value["label"] if isinstance(value, dict) else value
+
+
 def bundle_of(c) -> zipfile.ZipFile:
     file, _log = c.predict(api_name="/bundle")
     # the File output comes as an update (it is made visible); the client has downloaded it
@@ -29,8 +43,10 @@ def bundle_of(c) -> zipfile.ZipFile:
 
 def test_analyse_and_download_the_bundle(url):
     c = client(url)
-    out = c.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
-    assert isinstance(out, tuple) and len(out) > 5
+    out = shown(c.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze"))
+    assert top_label(out["predictions-0"]) == "tokyo"
+    assert "tiny-gpt2" in out["model-header-0"] and "5 tokens" in out["model-header-0"]
+    assert len(out["metrics-table"]["data"]) == 4  # layers 0..3 of tiny-gpt2
     z = bundle_of(c)
     names = z.namelist()
     assert names[0] == "manifest.json"
@@ -46,8 +62,8 @@ def test_analyse_and_download_the_bundle(url):
         assert name in names and meta["sha256"]
     # the layer view redraws from the stored analysis through the API too; /layer_model first
     # (as the page does after an analysis): it sets this session's slider ranges to the model's
-    shown = c.predict("tiny-gpt2", 1, 0, api_name="/layer_model")
-    assert shown[1]["maximum"] == model["n_layers"]
+    layer_view = c.predict("tiny-gpt2", 1, 0, api_name="/layer_model")
+    assert layer_view[1]["maximum"] == model["n_layers"]
     info, pattern, grid = c.predict("tiny-gpt2", 3, 1, api_name="/layer")
     assert "layer 3 / 3" in info and "head 1" in info
     assert pattern["plot"].startswith("data:image/png") and grid["plot"] != pattern["plot"]
@@ -76,8 +92,8 @@ def test_a_bad_request_is_a_readable_error_and_the_app_keeps_working(url):
         c.predict(["tiny-gpt2"], "", api_name="/analyze")
     with pytest.raises(AppError):  # not offered by this app: refused before anything is loaded
         c.predict(["gpt2"], "hello", api_name="/analyze")
-    out = c.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
-    assert len(out) > 5
+    out = shown(c.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze"))
+    assert top_label(out["predictions-0"]) == "tokyo"  # answered after the refusals
 
 
 def test_share_without_auth_warns_and_serves_locally_when_the_tunnel_fails(monkeypatch, capsys):

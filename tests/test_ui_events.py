@@ -53,7 +53,8 @@ def test_analyze_returns_figures_table_and_predictions(analysed):
         rows = table[table["model"] == name]
         assert list(rows["layer"]) == list(range(n_layers + 1))  # L + 1 rows: 0 = embeddings
         assert rows["attention entropy"].isna().iloc[0]  # no attention on the embeddings
-    assert table.shape[1] == 2 + 8
+    assert table.shape[1] == 2 + 8 + 2  # model, layer, 8 metrics and TwoNN's 95% interval
+    assert {"TwoNN 95% low", "TwoNN 95% high"} <= set(table.columns)
     # slot 0 is tiny-gpt2: next-token top-k with probabilities, continuation, attribution
     assert out["model-header-0"].startswith("### tiny-gpt2")
     preds = out["predictions-0"]
@@ -92,7 +93,7 @@ def _count_forward_calls(monkeypatch) -> tuple[list, list]:
     """Every forward pass of any loaded model, and every capture(), is appended to `calls`."""
     import analysis.capture
     import analysis.run
-    from models.loading import CACHE
+    from models.loading import MODELS as CACHE
 
     calls, handles = [], []
     for key, loaded in list(CACHE._items.items()):
@@ -215,7 +216,7 @@ def test_bundle_lives_in_the_sessions_own_temp_dir(ctx, analysed):
 
 
 def test_build_app_loads_no_model_and_has_every_elem_id():
-    from models.loading import CACHE
+    from models.loading import MODELS as CACHE
     from ui.app import AppConfig, build_app
 
     CACHE.clear()
@@ -267,7 +268,7 @@ def test_details_text_has_formulas_and_embedded_facts():
 
 
 def test_parse_auth():
-    from models.errors import UserError
+    from models.common import UserError
     from ui.app import parse_auth
 
     assert parse_auth("ann:secret:x") == ("ann", "secret:x")
@@ -278,34 +279,34 @@ def test_parse_auth():
 
 def test_continuation_follows_the_shown_analysis(ctx, gpt2):
     """The Overall tab shows the analysis without waiting for the 12-token continuation (a
-    generation); continuation_event then writes the same text a direct continuation gives into
-    the panel and the session log, and drops the kept KV cache. A bundle built before that
-    finishes it first."""
-    from models.predictions import continuation
+    generation asked for after it); continuation_event then writes the continuation of the same
+    ids into the panel and a session-log entry of its own, and the analysis is never written to.
+    A bundle built before that asks for it first."""
+    from analysis.run import continuation_of
     from ui import overall_tab
     from ui.state import Session
 
-    expected = continuation(gpt2, PROMPT, max_new_tokens=12)
     names = overall_tab.output_names(ctx.config.max_models_per_analysis)
     session = Session()
     out = dict(zip(names, overall_tab.analyze_event(ctx, session, ["tiny-gpt2"], None, PROMPT),
                    strict=True))
     result = session.analysis.result("tiny-gpt2")
-    assert "writing" in out["continuation-0"] and result.trace.cache is not None
-    assert result.predictions["continuation_pending"] == 12
-    assert "defer_continuation" not in session.analysis.settings
+    expected = continuation_of(gpt2, result)
+    assert "writing" in out["continuation-0"] and session.continuations == {}
+    log_before = [dict(e) for e in session.log]
     texts = overall_tab.continuation_event(ctx, session)
     assert expected and expected in texts[0] and "writing" not in texts[0]
-    assert result.predictions["text"] == expected and result.trace.cache is None
-    assert "continuation_pending" not in result.predictions
-    entry = [e for e in session.log if e.get("action") == "analyze"][-1]
-    assert entry["summary"]["tiny-gpt2"]["text"] == expected
+    assert session.continuations == {"tiny-gpt2": expected}
+    assert [dict(e) for e in session.log[:len(log_before)]] == log_before  # nothing rewritten
+    entry = session.log[-1]
+    assert entry["action"] == "continuation" and entry["summary"]["tiny-gpt2"]["text"] == expected
     assert overall_tab.continuation_event(ctx, session)[0] == texts[0]  # nothing left to do
+    assert len(session.log) == len(log_before) + 1
 
     other = Session()
     overall_tab.analyze_event(ctx, other, ["tiny-gpt2"], None, PROMPT)
     overall_tab.bundle_event(ctx, other)  # before the continuation event
-    assert other.analysis.result("tiny-gpt2").predictions["text"] == expected
+    assert other.continuations == {"tiny-gpt2": expected}
 
 
 def test_a_new_analysis_drops_the_kept_figures(analysed):

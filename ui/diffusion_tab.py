@@ -54,6 +54,8 @@ font-family:ui-monospace,Menlo,Consolas,monospace;font-size:14px;line-height:1.3
 .dtok.masked{background:#dedede;color:#666;border:1px dashed #aaa}
 .dtok.prompt{background:transparent;color:#555;padding:3px 2px}
 .dtok.chosen{background:#fff6d6;border:2px solid #e0a800}
+.dtok.after-end{opacity:.38;filter:grayscale(1)}
+.dtok.eos{box-shadow:inset 0 0 0 1px #555}
 .dlegend{font-size:12px;color:#555;margin:4px 0}
 .dlegend span.sw{display:inline-block;width:12px;height:12px;border-radius:3px;margin:0 4px 0 10px;
 vertical-align:middle}
@@ -220,32 +222,42 @@ def legend_html(extra: str = "") -> str:
             "#aaa'></span>masked / pending<span class='sw' style='background:hsl(120,70%,48%)'>"
             "</span>new this step<span class='sw' style='background:hsl(215,70%,48%)'></span>"
             "committed earlier &middot; darker = more confident (hover a token for its "
-            f"confidence){extra}</div>")
+            "confidence)<span class='sw' style='background:hsl(215,15%,70%);opacity:.5'></span>"
+            "greyed: the end-of-sequence token and what lies after it (canvas, not content)"
+            f"{extra}</div>")
+
+
+_END_CLASS = {None: "", "eos": " after-end eos", "after": " after-end"}
+_END_TIP = {None: "", "eos": " (end of sequence: not content)",
+            "after": " (after the end of sequence: not content)"}
 
 
 def region_html(cells: list[dict], prompt_tokens: list[str] | None = None,
                 elem_class: str = "dregion") -> str:
-    """Token boxes for `models.interactive.region_at` cells (state + confidence as colour)."""
+    """Token boxes for `models.interactive.region_at` cells (state + confidence as colour;
+    the end-of-sequence token and every position after it greyed, still shown)."""
     parts = [legend_html(), f"<div class='{elem_class}'>"]
     for t in prompt_tokens or []:
         parts.append(f"<span class='dtok prompt'>{_esc(t)}</span>")
     for p, c in enumerate(cells):
         tip = f"position {p}"
         attrs = f"data-pos='{p}' data-token='{_esc(c['token'])}'"
+        end_cls, end_tip = _END_CLASS[c.get("end")], _END_TIP[c.get("end")]
         if c.get("chosen") is not None:
             parts.append(f"<span class='dtok chosen' {attrs} data-chosen='{_esc(c['chosen'])}' "
                          f"title='{tip}: chosen, not applied yet'>{_esc(c['chosen'])}<sub>{p}</sub>"
                          "</span>")
             continue
         if c["state"] == "masked":
-            parts.append(f"<span class='dtok masked' {attrs} title='{tip}: masked'>"
-                         f"{_esc(c['token'])}<sub>{p}</sub></span>")
+            parts.append(f"<span class='dtok masked{end_cls}' {attrs} title='{tip}: masked"
+                         f"{end_tip}'>{_esc(c['token'])}<sub>{p}</sub></span>")
             continue
         conf = c.get("confidence")
-        tip += f", step {c.get('step')}" + ("" if conf is None else f", confidence {conf:.3f}")
+        tip += (f", step {c.get('step')}" + ("" if conf is None else f", confidence {conf:.3f}")
+                + end_tip)
         colour = _colour(c["state"], conf)
         ink = "#fff" if conf is not None and conf > 0.6 else "#1e1e1e"
-        parts.append(f"<span class='dtok {c['state']}' {attrs} title='{_esc(tip)}' "
+        parts.append(f"<span class='dtok {c['state']}{end_cls}' {attrs} title='{_esc(tip)}' "
                      f"style='background:{colour};color:{ink}'>{_esc(c['token'])}<sub "
                      f"style='color:{ink}'>{p}</sub></span>")
     parts.append("</div>")
@@ -261,17 +273,36 @@ def step_caption(result, step: int) -> str:
     rec = result.trace[min(step, n) - 1]
     made = ", ".join(f"#{c['position']} `{c['token'].strip() or repr(c['token'])}` "
                      f"({c['confidence']:.3f})" for c in rec.committed)
-    return f"Step {rec.step} / {n} (block {rec.block}): committed {made}."
+    text = f"Step {rec.step} / {n} (block {rec.block}): committed {made}."
+    if rec.end is not None:
+        text += (f" The end-of-sequence token at #{rec.end} ends the content; greyed positions "
+                 "are not counted.")
+    return text
+
+
+def memory_text(mb: float | None, note: str = "") -> str:
+    if mb is None:
+        return f"n/a ({note})" if note else "n/a"
+    return f"{mb:.3f} MB" if mb < 10 else f"{mb:.1f} MB"
 
 
 def result_summary(result) -> str:
-    mem = "n/a" if result.peak_memory_mb is None else f"{result.peak_memory_mb:.1f} MB"
+    """One paragraph: content tokens and canvas positions apart, forward passes, speed."""
     extra = ("" if result.paradigm == "autoregressive" else
              f" · strategy {result.strategy} · block length {result.block_length}"
              + ("" if result.threshold is None else f" · threshold {result.threshold}"))
-    return (f"**{result.model}** ({result.paradigm}) · {result.length} tokens in {result.steps} "
-            f"steps, {result.nfe} forward passes · {result.seconds:.3f} s · "
-            f"{result.tokens_per_second:.1f} tokens/s · peak memory {mem}{extra}")
+    if result.paradigm == "autoregressive":
+        stopped = (f" (stopped at end-of-sequence after writing {len(result.token_ids)})"
+                   if len(result.token_ids) < result.positions else "")
+        what = (f"{result.generated_tokens} content tokens of {result.positions} "
+                f"positions{stopped}")
+    else:
+        what = f"{result.generated_tokens} content tokens of {result.positions} positions"
+    return (f"**{result.model}** ({result.paradigm}) · {what}; {result.steps} steps, "
+            f"{result.nfe} forward passes; {result.tokens_per_forward_pass:.2f} content tokens "
+            f"per forward pass ({result.positions_per_forward_pass:.2f} positions) · "
+            f"{result.seconds:.3f} s · {result.tokens_per_second:.1f} content tokens/s · "
+            f"peak memory {memory_text(result.peak_memory_mb, result.peak_memory_note)}{extra}")
 
 
 def _iframe(doc: str, height: int = 400) -> str:
@@ -353,9 +384,9 @@ def run_step_event(ctx, ds, step) -> tuple:
 def metrics_table(results: list) -> pd.DataFrame:
     """One row per metric, one column per generation (rounded for reading)."""
     rows = []
-    from reports.figures import DIFFUSION_METRICS
+    from models.generation import RESULT_METRICS
 
-    for label, attr, scale, fmt in DIFFUSION_METRICS:
+    for label, attr, scale, fmt in RESULT_METRICS:
         row = {"metric": label}
         for r in results:
             v = getattr(r, attr)
@@ -380,8 +411,8 @@ def pair_event(ctx, session, ds, model, prompt, length, steps, block_length, str
     diff, ar = ctx.load(s.model), ctx.load(ar_model)
     with ds.lock, compute_threads(max(diff.params, ar.params)):
         # untimed warm-up of both (first-call overheads), then the timed runs
-        diffusion_generate(diff, s.prompt, 1, n_candidates=0)
-        autoregressive_generate(ar, s.prompt, 1, n_candidates=0)
+        diffusion_generate(diff, s.prompt, 1, n_candidates=0, measure_memory=False)
+        autoregressive_generate(ar, s.prompt, 1, n_candidates=0, measure_memory=False)
         d = diffusion_generate(diff, s.prompt, s.length, seed=s.seed, n_candidates=5, **s.kwargs())
         a = autoregressive_generate(ar, s.prompt, s.length, temperature=s.temperature, seed=s.seed)
         ds.pair = (d, a)
@@ -405,8 +436,9 @@ def pair_step_event(ctx, ds, which: int, step) -> tuple:
     return tokens, result_summary(r) + "\n\n" + caption
 
 
-SUMMARY_COLUMNS = ["paradigm", "model", "accuracy", "scored", "mean seconds", "tokens / s",
-                   "mean forward passes", "peak memory (MB)"]
+SUMMARY_COLUMNS = ["paradigm", "model", "accuracy", "scored", "mean content tokens",
+                   "mean forward passes", "content tokens per forward pass", "mean seconds",
+                   "content tokens / s", "peak memory (MB)"]
 
 
 def compare_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -416,11 +448,14 @@ def compare_tables(result: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         s = result[paradigm]
         rows.append({"paradigm": paradigm, "model": s["model"],
                      "accuracy": None if s["accuracy"] is None else round(s["accuracy"], 4),
-                     "scored": s["n_scored"], "mean seconds": round(s["mean_seconds"], 5),
-                     "tokens / s": round(s["tokens_per_second"], 1),
+                     "scored": s["n_scored"],
+                     "mean content tokens": round(s["mean_generated_tokens"], 2),
                      "mean forward passes": round(s["mean_nfe"], 2),
+                     "content tokens per forward pass": round(s["tokens_per_forward_pass"], 3),
+                     "mean seconds": round(s["mean_seconds"], 5),
+                     "content tokens / s": round(s["tokens_per_second"], 1),
                      "peak memory (MB)": None if s["peak_memory_mb"] is None
-                     else round(s["peak_memory_mb"], 2)})
+                     else round(s["peak_memory_mb"], 3)})
     runs = []
     for r in result["runs"]:
         runs.append({"prompt": r["prompt"], "expected": r["expected"], "seed": r["seed"],
@@ -465,9 +500,13 @@ def compare_set_event(ctx, session, ds, model, prompt, length, steps, block_leng
                    prompts=[f"{len(prompts)} prompts from {source}"], seconds=round(seconds, 2),
                    result="; ".join(f"{p}: accuracy {result[p]['accuracy']}"
                                     for p in ("diffusion", "autoregressive")))
-    note = (f"{len(prompts)} prompts from {source}, length {s.length}, seed {s.seed}; a run is "
+    note = (f"{len(prompts)} prompts from {source}, a canvas of {s.length} positions, seed "
+            f"{s.seed}; a run is "
             "correct when its generated text contains the expected answer (case-insensitive). "
-            f"Both paradigms alternate which runs first; took {seconds:.1f} s in all.")
+            "Content tokens are the generated tokens before the first end-of-sequence/padding "
+            "token; tokens/s counts only those. The autoregressive model stops at its "
+            "end-of-sequence token. Both paradigms alternate which runs first; took "
+            f"{seconds:.1f} s in all.")
     return summary, runs, bars, note
 
 
@@ -569,6 +608,9 @@ def sequence_html(stepper) -> str:
     for rec in stepper.records:
         for c in rec.committed:
             conf[c["position"]], when[c["position"]] = c["confidence"], rec.step
+    from models.interactive import end_of
+
+    end = stepper.end
     cells = []
     for p, tok in enumerate(stepper.tokens()):
         if p in stepper.selection:
@@ -576,9 +618,10 @@ def sequence_html(stepper) -> str:
                           "chosen": stepper.token_text(stepper.selection[p])})
         elif p in conf:
             cells.append({"token": tok, "state": "new" if p in last else "old",
-                          "confidence": conf[p], "step": when[p]})
+                          "confidence": conf[p], "step": when[p], "end": end_of(end, p)})
         else:
-            cells.append({"token": tok, "state": "masked", "confidence": None})
+            cells.append({"token": tok, "state": "masked", "confidence": None,
+                          "end": end_of(end, p)})
     return region_html(cells, stepper.prompt_tokens())
 
 
@@ -589,10 +632,13 @@ def step_info(stepper, note: str = "") -> str:
     block = stepper.block
     where = ("done" if block is None else "one block" if stepper.n_blocks == 1
              else f"block {block} (blocks 0..{stepper.n_blocks - 1}, filled left to right)")
+    content = stepper.generated_tokens
+    per_pass = f"{content / stepper.n_forward:.2f}" if stepper.n_forward else "–"
     text = (f"**Step {stepper.step}** · {where} · {len(stepper.masked)} of {stepper.length} "
-            f"masked · {len(stepper.selection)} chosen · {stepper.n_forward} forward passes · "
-            f"last forward pass {ms(stepper.forward_seconds)}, last reprocess "
-            f"{ms(stepper.process_seconds)} (server side)")
+            f"masked · {len(stepper.selection)} chosen · {content} content tokens of "
+            f"{stepper.length} positions · {stepper.n_forward} forward passes · {per_pass} "
+            f"content tokens per forward pass · last forward pass {ms(stepper.forward_seconds)}, "
+            f"last reprocess {ms(stepper.process_seconds)} (server side)")
     if stepper.text():
         text += f"\n\n**Text so far:** {_esc(stepper.text())}"
     return text + (f"\n\n{note}" if note else "")
@@ -810,7 +856,7 @@ def build(ctx) -> DiffusionTab:
         with gr.Row(elem_id="diff-settings-row-2"):
             length = gr.Number(value=8, precision=0, minimum=1,
                                maximum=int(ctx.config.max_generation_length),
-                               label="Length", info="tokens to generate", elem_id="diff-length",
+                               label="Length", info="canvas positions", elem_id="diff-length",
                                min_width=110)
             steps = gr.Number(value=8, precision=0, minimum=0, label="Steps", info="0 = length",
                               elem_id="diff-steps", min_width=110)
@@ -890,7 +936,9 @@ def build(ctx) -> DiffusionTab:
                                         scale=1, interactive=bool(diff_names and ar_names))
             compare_note = gr.Markdown("", elem_id="compare-note")
             compare_table = gr.Dataframe(label="Accuracy and speed per paradigm",
-                                         elem_id="compare-table", interactive=False, wrap=True)
+                                         elem_id="compare-table", interactive=False, wrap=True,
+                                         column_widths=["12%", "12%", "9%", "7%", "10%", "10%",
+                                                        "11%", "9%", "10%", "10%"])
             compare_bars_plot = gr.Plot(label="Accuracy and speed", elem_id="compare-bars",
                                         format="png", show_label=False)
             with gr.Accordion("Every prompt", open=False, elem_id="compare-runs-accordion"):

@@ -13,11 +13,12 @@ import logging
 from dataclasses import dataclass
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from analysis.result import ModelResult
-from models.errors import UserError
-from ui.state import Session, compute_threads, friendly_errors
+from models.common import UserError, file_safe
+from ui.state import Session, friendly_errors
 
 log = logging.getLogger(__name__)
 
@@ -67,43 +68,38 @@ def _clamp(result: ModelResult, layer, head) -> tuple[int, int]:
 
 
 def head_info(result: ModelResult, layer: int, head: int) -> str:
-    """One line about the selected head: its role scores, entropy and attribution."""
-    from reports.figures import head_role
+    """One line about the selected head: its role scores, entropy and support."""
+    h = result.heads
+    i, j = layer - 1, head
 
-    row = next((h for h in result.head_metrics if h["layer"] == layer and h["head"] == head), None)
-    if row is None:
-        return ""
+    def f(name):
+        v = h.score(name)[i, j]
+        return "–" if not np.isfinite(v) else f"{v:.2f}"
 
-    def f(key):
-        v = row.get(key)
-        return "–" if v is None else f"{v:.2f}"
-
-    attr = row.get("attribution")
-    attr_s = "" if attr is None else f", effect on log p(target) {attr:+.3g}"
+    attr = "" if h.attribution is None else (f", support for the prediction "
+                                            f"{h.attribution[i, j]:+.3g} ({h.attribution_method})")
     return (f"**{result.name} · layer {layer} / {result.trace.n_layers} · head {head} / "
-            f"{result.trace.n_heads - 1}** — role: *{head_role(row)}* "
+            f"{result.trace.n_heads - 1}** — role: *{h.role[i, j]}* "
             f"(previous-token {f('previous_token_score')}, "
             f"first-token {f('first_token_score')}, self {f('self_score')}, induction "
             f"{f('induction_score')}), attention entropy {f('attention_entropy')}, cluster "
-            f"{row.get('cluster')}{attr_s}")
+            f"{int(h.cluster[i, j])}{attr}")
 
 
-# head_metrics key -> column header of the role table
+# head metric -> column header of the role table
 ROLE_COLUMNS = {"layer": "layer", "head": "head", "cluster": "cluster", "role": "role",
                 "previous_token_score": "previous-token", "first_token_score": "first-token",
                 "self_score": "self", "induction_score": "induction",
-                "attention_entropy": "entropy", "attribution": "attribution"}
+                "attention_entropy": "entropy", "attribution": "support"}
 
 
 def role_table(result: ModelResult) -> pd.DataFrame:
     """One row per head: cluster, dominant role and the role scores (rounded for reading)."""
-    from reports.figures import head_role
-
     rows = []
-    for h in result.head_metrics:
+    for h in result.heads.rows():
         row = {}
         for key, header in ROLE_COLUMNS.items():
-            v = head_role(h) if key == "role" else h.get(key)
+            v = h.get(key)
             if isinstance(v, float):
                 v = float(f"{v:.3g}") if key == "attribution" else round(v, 3)
             row[header] = v
@@ -181,10 +177,8 @@ def gif_event(ctx, session: Session, model: str | None) -> str:
     key = (session.analysis_id, result.name)
     path = session.gif_paths.get(key)
     if path is None or not path.is_file():
-        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in result.name)
-        path = session.folder() / f"layers-{safe}-{session.analysis_id}.gif"
-        with compute_threads(result.source.get("params")):
-            _figures().layer_transition_gif(result, path, kind="both", dpi=80)
+        path = session.folder() / f"layers-{file_safe(result.name)}-{session.analysis_id}.gif"
+        _figures().layer_transition_gif(result, path, kind="both", dpi=80)
         session.gif_paths[key] = path
     return str(path)
 

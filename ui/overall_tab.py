@@ -16,10 +16,10 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from analysis.result import LAYER_COLUMNS, Analysis, ModelResult
-from models.errors import UserError
+from analysis.result import LAYER_COLUMNS, TWONN_INTERVAL_COLUMNS, Analysis, ModelResult
+from models.common import UserError, file_safe
 from ui import limits
-from ui.state import Session, compute_threads, friendly_errors, safe_text
+from ui.state import Session, friendly_errors, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +110,20 @@ def metric_header(column: str) -> str:
     return METRIC_LABELS.get(column, column.replace("_", " "))
 
 
+TABLE_COLUMNS = LAYER_COLUMNS[:4] + TWONN_INTERVAL_COLUMNS + LAYER_COLUMNS[4:]
+
+
 def metrics_table(analysis: Analysis) -> pd.DataFrame:
-    """One row per model and layer 0..L, the layer metrics rounded for reading."""
-    headers = [metric_header(c) for c in LAYER_COLUMNS]
+    """One row per model and layer 0..L, the layer metrics rounded for reading (TwoNN followed
+    by its 95% bootstrap interval)."""
+    headers = [metric_header(c) for c in TABLE_COLUMNS]
     rows = []
     for r in analysis.results:
-        for m in r.layer_metrics:
-            row = {"model": r.name, "layer": int(m["layer"])}
-            for c, h in zip(LAYER_COLUMNS, headers, strict=True):
-                v = m.get(c)
-                row[h] = None if v is None or not np.isfinite(v) else float(f"{v:.4g}")
+        for layer in range(r.layers.n_layers + 1):
+            row = {"model": r.name, "layer": layer}
+            for c, h in zip(TABLE_COLUMNS, headers, strict=True):
+                v = r.layers.value(c, layer)
+                row[h] = None if v is None else float(f"{v:.4g}")
             rows.append(row)
     return pd.DataFrame(rows, columns=["model", "layer", *headers])
 
@@ -140,8 +144,9 @@ def display_tokens(tokens: list[str]) -> list[str]:
 
 def attribution_highlights(result: ModelResult) -> list[tuple[str, float | None]]:
     """(token, gradient x input scaled to [-1, 1]) for gr.HighlightedText; [] if none."""
-    attr = result.token_attribution or {}
-    gxi = np.asarray(attr.get("grad_x_input") or [], dtype=np.float64)
+    attr = result.attribution
+    gxi = np.asarray([] if attr is None or attr.grad_x_input is None else attr.grad_x_input,
+                     dtype=np.float64)
     tokens = display_tokens(result.trace.tokens)
     if gxi.size != len(tokens) or gxi.size == 0:
         return []
@@ -151,55 +156,58 @@ def attribution_highlights(result: ModelResult) -> list[tuple[str, float | None]
 
 
 def prediction_label(result: ModelResult) -> dict[str, float] | None:
-    preds = (result.predictions or {}).get("predictions") or []
+    preds = result.predictions.top if result.predictions is not None else []
     if not preds:
         return None
     out: dict[str, float] = {}
     for p in preds:
-        name = str(p["token"]) or "∅"
+        name = str(p.token) or "∅"
         while name in out:  # two ids can decode to the same text
             name += " "
-        out[name] = float(p["probability"])
+        out[name] = float(p.probability)
     return out
 
 
-def prediction_text(result: ModelResult) -> str:
-    p = result.predictions or {}
-    preds = p.get("predictions") or []
+def prediction_text(result: ModelResult, continuation: str | None = None,
+                    pending: bool = False) -> str:
+    """The prediction panel: the top prediction, the filled sentence or the greedy continuation
+    (`continuation`, asked for after the analysis; `pending` while it is being written)."""
+    p = result.predictions
     task = result.trace.task
+    where = " (the prompt inside the chat template)" if result.trace.chat_template else ""
     parts = []
     if task in ("fill-mask", "diffusion"):
-        if preds:
-            parts.append(f"**Fill-mask:** top prediction `{preds[0]['token']}` "
-                         f"({preds[0]['probability']:.1%}). **Filled sentence:** {p.get('text', '')}")
-            if len(p.get("masks") or []) > 1:
-                parts.append(f"({len(p['masks'])} masks; the top-k list is for the first.)")
+        if p is not None and p.top:
+            parts.append(f"**Fill-mask{where}:** top prediction `{p.top[0].token}` "
+                         f"({p.top[0].probability:.1%}). **Filled sentence:** {p.filled}")
+            if len(p.masks) > 1:
+                parts.append(f"({len(p.masks)} masks; the top-k list is for the first.)")
         else:
             parts.append("**No prediction:** the prompt has no mask token for this model.")
     elif task == "causal":
-        if preds:
-            parts.append(f"**Next token:** `{preds[0]['token']}` ({preds[0]['probability']:.1%}).")
-        if p.get("continuation_pending"):
+        if p is not None and p.top:
+            parts.append(f"**Next token{where}:** `{p.top[0].token}` ({p.top[0].probability:.1%}).")
+        if pending:
             parts.append("**Greedy continuation:** _writing…_")
         else:
-            parts.append(f"**Greedy continuation:** {p.get('text', '') or '(empty)'}")
+            parts.append(f"**Greedy continuation** (of the same ids): {continuation or '(empty)'}")
     else:
         parts.append("This model has no language-model head: it is analysed, not asked to predict.")
-    attr = result.token_attribution or {}
-    if attr.get("grad_x_input"):
-        parts.append(f"Token attribution below: gradient × input for log p(`{attr.get('target')}`)"
-                     f" at position {attr.get('position')}, scaled so the largest |value| is 1 "
+    attr = result.attribution
+    if attr is not None and attr.grad_x_input is not None:
+        parts.append(f"Token attribution below: gradient × input for log p(`{attr.target}`)"
+                     f" at position {attr.position}, scaled so the largest |value| is 1 "
                      "(red raises, blue lowers the probability).")
     return "\n\n".join(parts)
 
 
 def model_header(result: ModelResult) -> str:
-    s = result.source or {}
-    params = s.get("params")
+    params = result.info.params
     size = f", {params / 1e6:.2f} M parameters" if params else ""
+    chat = " inside the chat template" if result.trace.chat_template else ""
     return (f"### {result.name}\n{result.trace.task}, {result.trace.n_layers} layers × "
-            f"{result.trace.n_heads} heads{size}; {result.trace.n_tokens} tokens; analysed in "
-            f"{result.seconds:.2f} s")
+            f"{result.trace.n_heads} heads{size}; {result.trace.n_tokens} tokens{chat}; "
+            f"analysed in {result.seconds:.2f} s on {result.info.device} ({result.info.dtype})")
 
 
 def notices_markdown(analysis: Analysis, extra: list[str]) -> str:
@@ -231,8 +239,17 @@ def session_log_table(session: Session) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- events
 
 
-def analyze_event(ctx, session: Session, models, custom, prompt, progress=None) -> tuple:
-    """Run the analysis and return every output of the tab (see `output_names`)."""
+HEAD_METHODS = {"gradient (first-order, one backward pass)": "gradient",
+                "ablation (exact, one forward pass per head)": "ablation"}
+
+
+def analyze_event(ctx, session: Session, models, custom, prompt, chat_template=False,
+                  head_method="gradient", progress=None) -> tuple:
+    """Run the analysis and return every output of the tab (see `output_names`).
+
+    `chat_template`: the prompt goes into each chat model's template for everything analysed;
+    `head_method`: per-head attribution by "gradient" or exact "ablation" (either label of
+    HEAD_METHODS or its value)."""
     from analysis.run import analyze
     from reports.bundle import analysis_log_entry
 
@@ -249,14 +266,14 @@ def analyze_event(ctx, session: Session, models, custom, prompt, progress=None) 
         # (a fill-mask model without a mask token is analysed anyway: its trace carries the notice)
         extra = [f"**{name}** predicts the next token and reads '[MASK]' as plain text."
                  for name in names if "[MASK]" in prompt and _task_of(name) == "causal"]
+        method = HEAD_METHODS.get(head_method, head_method) or "gradient"
+        if method not in HEAD_METHODS.values():
+            raise UserError(f"Unknown head attribution method {head_method!r}; choose "
+                            "gradient or ablation.")
         report(0.0, "loading models")
-        largest = 0
-        for name in names:  # loaded once here (then cached), so analyze() finds them ready
-            largest = max(largest, ctx.load(name).params)
-        with compute_threads(largest):
-            analysis = analyze(names, [prompt], load=ctx.load, progress=report, top_k=TOP_K,
-                               max_tokens=ctx.config.max_prompt_tokens, seed=0,
-                               defer_continuation=True)  # continuation_event writes it next
+        analysis = analyze(names, [prompt], load=ctx.load, progress=report, top_k=TOP_K,
+                           max_tokens=ctx.config.max_prompt_tokens, seed=0,
+                           chat_template=bool(chat_template), ablation=method == "ablation")
     except UserError as exc:
         session.record("analyze (refused)", models=list(models or []) if not isinstance(models, str)
                        else [models], prompts=[safe_text((prompt or "")[:200])],
@@ -274,36 +291,34 @@ def analyze_event(ctx, session: Session, models, custom, prompt, progress=None) 
 
 
 def continuation_event(ctx, session: Session) -> tuple:
-    """After an analysis is shown: write the causal models' greedy continuations (generation,
-    one forward pass per new token, from the capture's KV cache) into their prediction panels
-    and into the analysis's session-log entry. Returns (panel text per slot..., session log)."""
+    """After an analysis is shown: the causal models' greedy continuations of the same ids (a
+    generation, one forward pass per new token), written into their prediction panels and a
+    session-log entry of their own. Returns (panel text per slot..., session log)."""
     finish_continuations(ctx, session)
     analysis = session.analysis
     results = analysis.results if analysis is not None else []
-    texts = [prediction_text(results[i]) if i < len(results) else ""
-             for i in range(ctx.config.max_models_per_analysis)]
+    texts = [prediction_text(results[i], session.continuations.get(results[i].name))
+             if i < len(results) else "" for i in range(ctx.config.max_models_per_analysis)]
     return (*texts, session_log_table(session))
 
 
 def finish_continuations(ctx, session: Session) -> None:
-    """Every pending continuation of the session's analysis written (idempotent)."""
-    from analysis.run import finish_continuation
+    """The continuations of the session's analysis, asked for once (idempotent): kept beside
+    the analysis in the session (the analysis itself is finished and never written to)."""
+    from analysis.run import continuation_of
+    from reports.bundle import continuation_log_entry
 
     analysis = session.analysis
-    if analysis is None:
+    if analysis is None or session.continuations_for == session.analysis_id:
         return
-    for r in analysis.results:
-        if not (r.predictions or {}).get("continuation_pending"):
-            continue
-        loaded = ctx.load(r.name)
-        with compute_threads(loaded.params):
-            written = finish_continuation(loaded, r)
-        if written:
-            for entry in reversed(session.log):  # the analysis's log entry gets the text too
-                summary = entry.get("summary") or {}
-                if entry.get("action") == "analyze" and r.name in summary:
-                    summary[r.name]["text"] = r.predictions.get("text") or None
-                    break
+    analysis_id, t0 = session.analysis_id, time.perf_counter()
+    texts = {r.name: continuation_of(ctx.load(r.name), r) for r in analysis.results}
+    if session.analysis_id != analysis_id:  # a newer analysis arrived meanwhile
+        return
+    session.continuations, session.continuations_for = texts, analysis_id
+    if any(t is not None for t in texts.values()):
+        session.add_entry(continuation_log_entry(analysis, texts,
+                                                 round(time.perf_counter() - t0, 2)))
 
 
 def show_event(ctx, session: Session, extra: list[str] | None = None) -> tuple:
@@ -320,8 +335,11 @@ def show_event(ctx, session: Session, extra: list[str] | None = None) -> tuple:
     for i in range(n_slots):
         if i < len(analysis.results):
             r = analysis.results[i]
+            pending = (r.trace.task == "causal"
+                       and session.continuations_for != session.analysis_id)
             slots += [gr.Column(visible=True), model_header(r), prediction_label(r),
-                      prediction_text(r), attribution_highlights(r),
+                      prediction_text(r, session.continuations.get(r.name), pending),
+                      attribution_highlights(r),
                       session.plot(("norm-heatmap", r.name),
                                    functools.partial(figures.normalised_metric_heatmap, r)),
                       session.plot(("correlation", r.name),
@@ -357,13 +375,13 @@ def bundle_event(ctx, session: Session) -> tuple:
             or not session.bundle_path.is_file():
         t0 = time.perf_counter()
         stamp = analysis.created.replace(":", "").replace("-", "").split("+")[0] or "analysis"
-        names = "_".join(_file_safe(r.name) for r in analysis.results)[:60]
+        names = "_".join(file_safe(r.name) for r in analysis.results)[:60]
         target = session.folder() / f"dashboard-{names}-{stamp}.zip"
         entry = session.record("download bundle", models=[r.name for r in analysis.results],
                                prompts=list(analysis.prompts))
         try:
-            with compute_threads(max(r.source.get("params") or 0 for r in analysis.results)):
-                path = write_bundle(analysis, target, session_log=list(session.log))
+            path = write_bundle(analysis, target, session_log=list(session.log),
+                                continuations=session.continuations)
         except Exception as exc:  # the log must not show a bundle that was never written
             entry["error"] = f"bundle not written ({type(exc).__name__})"
             if isinstance(exc, FileNotFoundError) and not target.parent.is_dir():
@@ -377,10 +395,6 @@ def bundle_event(ctx, session: Session) -> tuple:
         raise UserError("The bundle is not available; run the analysis again.")
     return (gr.update(value=str(session.bundle_path), visible=True), session,
             session_log_table(session))
-
-
-def _file_safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
 # ---------------------------------------------------------------------------- layout
@@ -420,6 +434,10 @@ def build(ctx) -> OverallTab:
             analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze-btn", size="lg")
             gr.Markdown("One forward pass per model (plus one backward pass for attribution). "
                         "Models load on first use.", elem_id="analyze-help")
+            chat = gr.Checkbox(False, label="Chat template (chat models: the prompt is "
+                               "analysed inside the model's template)", elem_id="chat-template")
+            head_method = gr.Radio(list(HEAD_METHODS), value=next(iter(HEAD_METHODS)),
+                                   label="Per-head attribution", elem_id="head-method")
             bundle_btn = gr.Button("Build ZIP bundle", elem_id="bundle-btn")
             download = gr.File(label="Download (ZIP: PDF report, CSV, NPY, PNG, session log)",
                                elem_id="download", interactive=False, visible=False)
@@ -427,9 +445,10 @@ def build(ctx) -> OverallTab:
     curves = gr.Plot(label="Layer metrics against relative depth", elem_id="metric-curves",
                      format="png", show_label=False)
     table = gr.Dataframe(value=pd.DataFrame(columns=["model", "layer",
-                                                     *map(metric_header, LAYER_COLUMNS)]),
-                         label="Layer metrics (layer 0 = embeddings)", elem_id="metrics-table",
-                         column_widths=["11%", "5%"] + ["10.5%"] * len(LAYER_COLUMNS),
+                                                     *map(metric_header, TABLE_COLUMNS)]),
+                         label="Layer metrics (layer 0 = embeddings; TwoNN with its 95% "
+                               "bootstrap interval)", elem_id="metrics-table",
+                         column_widths=["10%", "5%"] + ["8.5%"] * len(TABLE_COLUMNS),
                          interactive=False, wrap=True, max_height=420)
     slot_outputs, texts = [], []
     for i in range(cfg.max_models_per_analysis):
@@ -458,14 +477,19 @@ def build(ctx) -> OverallTab:
 
     if custom is None:
         @friendly_errors
-        def on_analyze(session, models, prompt, progress=gr.Progress()):
-            return analyze_event(ctx, session, models, None, prompt, progress=progress)
+        def on_analyze(session, models, prompt, chat_value=False, method=None,
+                       progress=gr.Progress()):
+            return analyze_event(ctx, session, models, None, prompt, chat_value, method,
+                                 progress=progress)
     else:
         @friendly_errors
-        def on_analyze(session, models, custom_model, prompt, progress=gr.Progress()):
-            return analyze_event(ctx, session, models, custom_model, prompt, progress=progress)
+        def on_analyze(session, models, custom_model, prompt, chat_value=False, method=None,
+                       progress=gr.Progress()):
+            return analyze_event(ctx, session, models, custom_model, prompt, chat_value, method,
+                                 progress=progress)
 
-    inputs = [ctx.state, models] + ([custom] if custom is not None else []) + [prompt]
+    inputs = [ctx.state, models] + ([custom] if custom is not None else []) + [prompt, chat,
+                                                                               head_method]
     analyzed = [analyze_btn.click(on_analyze, inputs, outputs, api_name="analyze",
                                   concurrency_id=limits.MODEL_CONCURRENCY_ID, concurrency_limit=1),
                 prompt.submit(on_analyze, inputs, outputs, api_visibility="private",

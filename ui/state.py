@@ -9,6 +9,7 @@ session ends.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import secrets
@@ -25,8 +26,7 @@ from typing import Any
 import gradio as gr
 
 from analysis.result import Analysis
-from analysis.run import compute_threads  # noqa: F401 - the tabs import it from here
-from models.errors import UserError
+from models.common import UserError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ class Session:
     bundle_for: int = -1  # analysis_id the bundle was written for
     gif_paths: dict = field(default_factory=dict)  # (analysis_id, model) -> Path
     log: list[dict] = field(default_factory=list)
+    # the greedy continuations of the current analysis (model -> text; None: not causal), asked
+    # for after it is shown, and the analysis_id they belong to
+    continuations: dict = field(default_factory=dict)
+    continuations_for: int = -1
     figures: dict = field(default_factory=dict)  # (analysis_id, kind, ...) -> encoded plot
     kept: dict = field(default_factory=dict)  # matplotlib figures redrawn by layer/head switches
     directory: Path | None = None  # created on first use
@@ -80,6 +84,7 @@ class Session:
         self.gif_paths.clear()
         self.bundle_path = None
         self.bundle_for = -1
+        self.continuations, self.continuations_for = {}, -1
 
     def require_analysis(self) -> Analysis:
         if self.analysis is None:
@@ -217,3 +222,10 @@ def friendly_errors(fn: Callable) -> Callable:
             log.debug("%s took %.3f s", fn.__name__, time.perf_counter() - t0)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def compute_threads(params=None):
+    """TEMPORARY (renovation in progress): thread counts are now set once at start-up
+    (models.loading.set_threads); this no-op keeps old callers working until they are moved."""
+    yield
