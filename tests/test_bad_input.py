@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EMBEDDED, ROOT, have
+from tests.conftest import EMBEDDED, ROOT, have, page_analyze
 
 pytestmark = pytest.mark.skipif(not (have("tiny-gpt2") and have("tiny-bert")),
                                 reason="embedded tiny-gpt2 / tiny-bert missing")
@@ -210,7 +210,7 @@ def test_cli_unwritable_outputs_are_one_line(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, expect", [
-    ((*P, "x" * 100_000), "only the first"),  # truncated to the model's context, with a notice
+    ((*P, "x" * 100_000), "start dropped"),  # fitted to the context (its end kept), with a notice
     (("predict", "--model", "tiny-bert", "--prompt", "[MASK] [MASK] [MASK] is [MASK]."), "text:"),
     (("predict", "--model", "tiny-bert", "--prompt", "[CLS] the capital of japan is [MASK]. [SEP]"),
      "text: the capital of japan is"),
@@ -259,7 +259,7 @@ def session(app):
     from tests.test_ui_client import client
 
     c = client(app.local_url)
-    c.predict(["tiny-gpt2"], None, GOOD, api_name="/analyze")
+    page_analyze(c, ["tiny-gpt2"], None, GOOD)
     return c
 
 
@@ -287,8 +287,9 @@ def raw_call(app, api: str, data: list, session_hash: str | None = None) -> tupl
 
 def still_intact(c) -> None:
     """The session's good analysis is still there (cheap: a cached redraw)."""
-    info, pattern, _grid = c.predict("tiny-gpt2", 1, 0, api_name="/layer")
-    assert "tiny-gpt2" in info and pattern["plot"].startswith("data:image/png")
+    out = c.predict("tiny-gpt2", 1, 0, api_name="/layer_select")
+    assert out[:2] == (1, 0) and "tiny-gpt2 · layer 1 / 3 · head 0 / 3" in out[3], out[:4]
+    assert out[4]["props"]["selection"] == [1, 0]  # the browser explorer follows
 
 
 def app_cases(folders) -> list[tuple[list, str]]:
@@ -321,7 +322,7 @@ def test_app_bad_requests_get_one_clear_message_and_lose_nothing(app, session, f
     cases = app_cases(folders)
     for data, phrase in cases:
         with pytest.raises(AppError) as info:
-            session.predict(*data, api_name="/analyze")
+            page_analyze(session, *data)
         message = str(info.value)
         assert phrase.lower() in message.lower(), (data[1:], message)
         assert "Internal error" not in message and "Traceback" not in message
@@ -339,30 +340,36 @@ def test_app_bad_requests_get_one_clear_message_and_lose_nothing(app, session, f
 def test_app_bad_json_values_and_types(app, session):
     """Lone surrogates and NaN cannot come from the page, but an API client can send them."""
     sh = session.session_hash
-    event, data = raw_call(app, "analyze", [["tiny-gpt2"], None, "caf\udce9 \udcff"], sh)
+    page = [False, "gradient"]  # chat template off, gradient support
+    event, data = raw_call(app, "page_analyze", [["tiny-gpt2"], None, "caf\udce9 \udcff", *page], sh)
     assert event == "error" and "not valid UTF-8" in data["error"], data
-    event, data = raw_call(app, "analyze", [["tiny-gpt2"], "bad\udcff/model", GOOD], sh)
+    event, data = raw_call(app, "page_analyze", [["tiny-gpt2"], "bad\udcff/model", GOOD, *page], sh)
     assert event == "error" and "Unknown model" in data["error"], data
-    event, data = raw_call(app, "layer", ["tiny-gpt2", math.nan, 0], sh)
-    assert event == "error" and "whole numbers" in data["error"], data
-    event, data = raw_call(app, "layer", ["tiny-gpt2", math.inf, 0], sh)
-    assert event == "error" and "maximum" in data["error"], data
-    event, data = raw_call(app, "layer", ["tiny-gpt2", "abc", 0], sh)
-    assert event == "error" and "Expected a `float`" in data["error"], data
-    event, data = raw_call(app, "layer", ["tiny-bert", 1, 0], sh)
+    event, data = raw_call(app, "layer_select", ["tiny-gpt2", math.nan, 0], sh)
+    assert event == "error" and "Could not preprocess" in data["error"], data  # a whole-number box
+    event, data = raw_call(app, "layer_select", ["tiny-gpt2", math.inf, 0], sh)
+    assert event == "error" and "Could not preprocess" in data["error"], data
+    for layer, head in ((99, 0), (-3, 0), (1, 99)):
+        event, data = raw_call(app, "layer_select", ["tiny-gpt2", layer, head], sh)
+        # refused inline (no overlay over the boxes); the boxes go back to the shown head
+        assert event == "complete" and "must be between" in data[2], (layer, head, data[:3])
+        assert data[:2] == [1, 0], data[:3]
+    event, data = raw_call(app, "layer_select", ["tiny-gpt2", "abc", 0], sh)
+    assert event == "error" and "Could not preprocess" in data["error"], data
+    event, data = raw_call(app, "layer_select", ["tiny-bert", 1, 0], sh)
     assert event == "error" and "not in the current analysis" in data["error"]
-    event, data = raw_call(app, "analyze", [["tiny-gpt2"]], sh)  # too few values
+    event, data = raw_call(app, "page_analyze", [["tiny-gpt2"]], sh)  # too few values
     assert event == "error" and "enough input values" in data["error"]
     import httpx
 
     base = app.local_url.rstrip("/")
     for body in (b'\xff\xfe{"data": 1}', b'{"data": [["tiny-gpt2"], null, "caf\xe9"]}',
                  b'{"data": "not a list"}', b"[" * 10_000):
-        r = httpx.post(f"{base}/gradio_api/call/analyze", content=body,
+        r = httpx.post(f"{base}/gradio_api/call/page_analyze", content=body,
                        headers={"content-type": "application/json"}, timeout=60)
         assert r.status_code in (400, 422), (body[:20], r.status_code)
     # a fresh session has nothing to download
-    event, data = raw_call(app, "bundle", [], "fresh-session-0123456789")
+    event, data = raw_call(app, "page_bundle", [], "fresh-session-0123456789")
     assert event == "error" and "Run an analysis first" in data["error"]
     still_intact(session)
 
@@ -373,10 +380,10 @@ def test_app_refusal_of_undecodable_text_does_not_poison_the_session_log(app):
     from tests.test_ui_client import bundle_of, client
 
     c = client(app.local_url)
-    event, data = raw_call(app, "analyze", [["tiny-gpt2"], None, "caf\udce9 \udcff"],
-                           c.session_hash)
+    event, data = raw_call(app, "page_analyze",
+                           [["tiny-gpt2"], None, "caf\udce9 \udcff", False, "gradient"], c.session_hash)
     assert event == "error" and "not valid UTF-8" in data["error"], data
-    c.predict(["tiny-gpt2"], None, GOOD, api_name="/analyze")
+    page_analyze(c, ["tiny-gpt2"], None, GOOD)
     z = bundle_of(c)
     assert json.loads(z.read("manifest.json"))["prompts"] == [GOOD]
     log_html = z.read("session_log.html").decode("utf-8")
@@ -391,9 +398,9 @@ def test_app_odd_but_valid_prompts_are_answered(app):
     c = client(app.local_url)
 
     def notices(models, prompt) -> str:
-        return c.predict(models, None, prompt, api_name="/analyze")[0]
+        return page_analyze(c, models, None, prompt)[0]
 
-    assert "only the first 32" in notices(["tiny-gpt2"], " ".join([GOOD] * 12))
+    assert "takes 32: tokens 28..59" in notices(["tiny-gpt2"], " ".join([GOOD] * 12))
     assert "--max-prompt-tokens" in notices(["tiny-gpt2"], " ".join([GOOD] * 12))
     assert "No [MASK]" in notices(["tiny-bert"], GOOD)
     assert "reads '[MASK]' as plain text" in notices(["tiny-gpt2"], "the capital of [MASK] is")
@@ -404,9 +411,11 @@ def test_app_odd_but_valid_prompts_are_answered(app):
     notices(["tiny-gpt2", "tiny-bert"], "\x00\x01\x02\x1b[31m bell\x07 tab\t")
 
 
-# the Diffusion tab's Run view: (model, prompt, length, steps, block length, strategy, threshold,
-# temperature, seed); its file belongs to another engineer, so a missing endpoint skips
-DIFF_OK = ["tiny-bert", GOOD, 4, 4, 0, "low_confidence", 0, 0, 0]
+# the Diffusion tab's Run view (ui.diffusion_runner.diffusion_settings order): model, prompt,
+# length, steps, block length, strategy, threshold, temperature, seed, top-k, top-p, cache,
+# early stop, mode, schedule, sampling
+DIFF_OK = ["tiny-bert", GOOD, 4, 4, 0, "low_confidence", 0, 0, 0, 0, 1, "none", False, "commit",
+           "linear", "greedy"]
 DIFF_CASES = [  # (setting index, value, phrase of the message)
     (2, 0, "less than minimum value 1"),
     (2, -3, "less than minimum value 1"),
@@ -439,18 +448,8 @@ DIFF_DEFECTS = [  # found by this matrix and fixed (they were internal errors)
 ]
 
 
-def _diffusion_or_skip(app):
-    from tests.test_ui_client import client
-
-    api = client(app.local_url).view_api(print_info=False, return_format="dict")
-    endpoint = api["named_endpoints"].get("/diffusion_generate")
-    if endpoint is None or len(endpoint["parameters"]) != len(DIFF_OK):
-        pytest.skip("the Diffusion tab's /diffusion_generate is not there (or has changed)")
-
-
 @pytest.mark.slow
 def test_app_generation_settings_out_of_range_nan_or_infinite(app):
-    _diffusion_or_skip(app)
     for index, value, phrase in DIFF_CASES:
         data = list(DIFF_OK)
         data[index] = value
@@ -465,7 +464,6 @@ def test_app_generation_settings_out_of_range_nan_or_infinite(app):
 @pytest.mark.slow
 @pytest.mark.parametrize("index, value, phrase", DIFF_DEFECTS)
 def test_app_generation_defects_reported(app, index, value, phrase):
-    _diffusion_or_skip(app)
     data = list(DIFF_OK)
     data[index] = value
     event, out = raw_call(app, "diffusion_generate", data)

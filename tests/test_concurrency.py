@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, have
+from tests.conftest import ROOT, have, page_analyze
 
 pytestmark = pytest.mark.skipif(not (have("tiny-gpt2") and have("tiny-bert")),
                                 reason="embedded tiny-gpt2 / tiny-bert missing")
@@ -83,14 +83,10 @@ def log_prompts(table) -> str:
     return " | ".join(str(r[col]) for r in rows)
 
 
-def generation_api(c) -> str | None:
-    """The Diffusion tab's generate endpoint when the app has it (model, prompt, length, steps,
-    block length, strategy, threshold, temperature, seed), else None."""
-    api = c.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    endpoint = api.get("/diffusion_generate")
-    if endpoint is None or len(endpoint["parameters"]) != 9:
-        return None
-    return "/diffusion_generate"
+# the Diffusion tab's Run view inputs (ui.diffusion_runner.diffusion_settings order) after the
+# model and prompt: length, steps, block length, strategy, threshold, temperature, then the seed;
+# then top-k, top-p, cache, early stop, mode, schedule, sampling
+GEN_AFTER_SEED = [0, 1, "none", False, "commit", "linear", "greedy"]
 
 
 # ----------------------------------------------------------------------------- 8 sessions
@@ -133,7 +129,7 @@ def test_eight_sessions_at_once(monkeypatch):
         return out
 
     try:
-        gen_api = generation_api(Client(demo.local_url, verbose=False))
+        gen_api = "/diffusion_generate"
 
         def session(i: int) -> dict:
             country = COUNTRIES[i]
@@ -143,19 +139,19 @@ def test_eight_sessions_at_once(monkeypatch):
             second = f"the capital of {country} is [MASK]."
             out = {"hash": c.session_hash, "country": country}
             # analysis 1: a causal model; its attribution tokens are this session's prompt
-            a = call(c, [causal], first, api_name="/analyze")
+            a = call(c, [causal], first, False, "gradient", api_name="/page_analyze")
             assert first in highlight_text(a[8]), (i, highlight_text(a[8]))
             # analysis 2: the fill-mask model (three models in use in all: the cache evicts)
-            b = call(c, ["tiny-bert"], second, api_name="/analyze")
+            b = call(c, ["tiny-bert"], second, False, "gradient", api_name="/page_analyze")
             # every country of COUNTRIES is one whole word of tiny-bert's vocabulary
             assert country in highlight_text(b[8])
             out["log"] = log_prompts(b[4])
             # layer views, drawn from the stored analysis (no model run)
-            info, _pattern, _grid = call(c, "tiny-bert", 2, 1, api_name="/layer")
-            info2, _pattern2 = call(c, "tiny-bert", 2, 0, api_name="/head")
-            assert "tiny-bert · layer 2" in info and "head 0" in info2
+            info = call(c, "tiny-bert", 2, 1, api_name="/layer_select")[3]
+            info2 = call(c, "tiny-bert", 2, 0, api_name="/layer_select")[3]
+            assert "tiny-bert · layer 2" in info and "head 1" in info and "head 0" in info2
             # the bundle
-            file, _log = call(c, api_name="/bundle")
+            file, _log = call(c, api_name="/page_bundle")
             path = file["value"] if isinstance(file, dict) else file
             with zipfile.ZipFile(path) as z:
                 out["manifest"] = json.loads(z.read("manifest.json"))
@@ -163,7 +159,8 @@ def test_eight_sessions_at_once(monkeypatch):
             out["bundle_name"] = Path(path).parent.name + "/" + Path(path).name
             # a generation: the Diffusion tab's endpoint when present
             if gen_api:
-                g = call(c, "tiny-bert", first, 4, 4, 0, "low_confidence", 0, 0, i, api_name=gen_api)
+                g = call(c, "tiny-bert", first, 4, 4, 0, "low_confidence", 0, 0, i, *GEN_AFTER_SEED,
+                         api_name=gen_api)
                 paths = [f.get("path", f.get("value")) if isinstance(f, dict) else f for f in g[8]]
                 zips = [p for p in paths if str(p).endswith(".zip")]
                 with zipfile.ZipFile(zips[0]) as z:
@@ -228,8 +225,8 @@ def test_session_results_expire_and_their_files_go():
     demo = serve(AppConfig(host="127.0.0.1", port=free_port(), session_ttl_s=10), block=False)
     try:
         a = Client(demo.local_url, verbose=False)
-        a.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
-        a.predict(api_name="/bundle")
+        page_analyze(a, ["tiny-gpt2"], "the capital of japan is")
+        a.predict(api_name="/page_bundle")
         state = demo.state_holder.session_data[a.session_hash]
         session = next(v for v in state.state_data.values() if isinstance(v, Session))
         folder = session.directory
@@ -240,8 +237,8 @@ def test_session_results_expire_and_their_files_go():
         assert not folder.exists()  # cleanup ran when the state expired
         assert session.directory is None
         with pytest.raises(AppError, match="Run an analysis first"):
-            a.predict(api_name="/bundle")
-        a.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")  # works again
+            a.predict(api_name="/page_bundle")
+        page_analyze(a, ["tiny-gpt2"], "the capital of japan is")  # works again
     finally:
         demo.close()
 
@@ -441,12 +438,12 @@ def test_a_killed_server_loses_nothing_downloaded_and_restarts_on_the_same_port(
     try:
         _wait_until_serving(port, proc)
         c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path))
-        c.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
-        file, _log = c.predict(api_name="/bundle")
+        page_analyze(c, ["tiny-gpt2"], "the capital of japan is")
+        file, _log = c.predict(api_name="/page_bundle")
         path = Path(file["value"] if isinstance(file, dict) else file)
         data = path.read_bytes()
         # a second request is in flight when the server dies
-        job = c.submit(["tiny-gpt2"], "red ball moon tree red ball moon tree", api_name="/analyze")
+        job = page_analyze(c, ["tiny-gpt2"], "red ball moon tree red ball moon tree", submit=True)
         time.sleep(0.5)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -461,7 +458,7 @@ def test_a_killed_server_loses_nothing_downloaded_and_restarts_on_the_same_port(
     try:
         _wait_until_serving(port, proc)
         c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path))
-        out = c.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
+        out = page_analyze(c, ["tiny-gpt2"], "the capital of japan is")
         assert len(out) > 5
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

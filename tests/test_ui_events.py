@@ -1,11 +1,11 @@
 """The UI's event functions called directly (no server): fast checks of what each tab returns."""
 
 import re
-import tempfile
 import time
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -109,50 +109,78 @@ def _count_forward_calls(monkeypatch) -> tuple[list, list]:
     return calls, handles
 
 
-def test_layer_and_head_changes_redraw_without_forward_passes(ctx, analysed, monkeypatch):
-    from ui import layer_tab
+def test_layer_tab_switches_and_refusals_run_no_model(ctx, analysed, monkeypatch):
+    """The Layer tab draws from the stored analysis: choosing the model, a head (by a click or
+    the boxes), the explorer's data and the GIF never run a model. Boxes refuse 0, 99 and -3
+    with the bounds and go back to what the views show."""
+    import json
+
+    from ui import explorer, layer_tab
 
     session, models, _ = analysed
     calls, handles = _count_forward_calls(monkeypatch)
     assert handles  # the analysed model is in the cache, so its forward passes are counted
+    result = session.analysis.result("tiny-gpt2")
+    n_layers, n_heads = result.trace.n_layers, result.trace.n_heads
     try:
-        out = layer_tab.model_event(ctx, session, "tiny-gpt2", 1, 0)
-        n_layers = session.analysis.result("tiny-gpt2").trace.n_layers
-        n_heads = session.analysis.result("tiny-gpt2").trace.n_heads
-        assert out[1].maximum == n_layers and out[2].maximum == n_heads - 1
-        assert all(_is_plot(v) for v in out[4:9]) and _is_plot(out[10]) and _is_plot(out[11])
-        roles = out[9]
+        out = dict(zip(["model", "banner", "layer", "head", "error", "info", "maps", "roles",
+                        "target", "contrast", "target_info", "prediction"],
+                       layer_tab.model_event(ctx, session, "tiny-gpt2"), strict=True))
+        assert out["layer"].value == 1 and out["head"].value == 0
+        assert f"1..{n_layers}" in out["layer"].label and f"0..{n_heads - 1}" in out["head"].label
+        assert PROMPT in out["banner"] and "tiny-gpt2" in out["banner"]
+        maps = json.loads(out["maps"].constructor_args["value"])
+        assert [p["id"] for p in maps["panels"]] == ["entropy", "induction", "previous", "clusters"]
+        entropy = maps["panels"][0]
+        assert entropy["layers"] == list(range(1, n_layers + 1)) and entropy["select"]
+        assert entropy["values"][1][2] == pytest.approx(result.heads.attention_entropy[1, 2],
+                                                        rel=1e-5)
+        assert all(PROMPT in p["source"] for p in maps["panels"])  # each names what it shows
+        roles = out["roles"].constructor_args["value"]
+        assert PROMPT in out["roles"].constructor_args["label"]
         assert len(roles) == n_layers * n_heads
         assert {"previous-token", "first-token", "self", "induction"} <= set(roles.columns)
-        first = out[4].plot
-        info, pattern, grid = layer_tab.layer_event(ctx, session, "tiny-gpt2", n_layers, 0)
-        assert _is_plot(pattern) and _is_plot(grid) and pattern.plot != first
-        assert f"layer {n_layers}" in info
-        info, pattern2 = layer_tab.head_event(ctx, session, "tiny-gpt2", n_layers, n_heads - 1)
-        assert pattern2.plot != pattern.plot and f"head {n_heads - 1}" in info
-        # switches redraw the session's kept figures: the same PNG as a figure built anew
-        from reports import figures as F
-        from ui.state import encode_figure
+        assert out["target"].constructor_args["value"] == "tokyo"
+        pred = json.loads(out["prediction"].constructor_args["value"])
+        assert [p["id"] for p in pred["panels"]] == ["attribution", "support", "lens"]
 
-        result = session.analysis.result("tiny-gpt2")
-        assert session.kept
-        assert pattern2.plot == encode_figure(F.attention_pattern(result, n_layers, n_heads - 1)).plot
-        assert grid.plot == encode_figure(F.head_grid(result, n_layers)).plot
-        # out-of-range values are clamped, not errors
-        info, pattern3, _ = layer_tab.layer_event(ctx, session, "tiny-gpt2", 99, 99)
-        assert pattern3.plot == pattern2.plot
+        # a click (or the boxes) selects a head everywhere
+        layer, head, error, info, ex, m, p = layer_tab.pick_event(ctx, session, "tiny-gpt2",
+                                                                  n_layers, n_heads - 1)
+        assert (layer, head, error) == (n_layers, n_heads - 1, "")
+        assert f"layer {n_layers} / {n_layers}" in info and f"head {n_heads - 1}" in info
+        assert ex.constructor_args == {"selection": [n_layers, n_heads - 1]}  # no data re-sent
+        assert m.constructor_args == p.constructor_args == {"selection": [n_layers, n_heads - 1]}
+        for bad_layer, bad_head, says in ((0, 1, "Layer must be between 1 and 3, got 0"),
+                                          (99, 1, "Layer must be between 1 and 3, got 99"),
+                                          (2, -3, "Head must be between 0 and 3, got -3")):
+            layer, head, error, *rest = layer_tab.boxes_event(ctx, session, "tiny-gpt2",
+                                                              bad_layer, bad_head)
+            assert says in error and f"heads 0..{n_heads - 1}" in error
+            # the boxes go back to the selection every view still shows; nothing else changes
+            assert (layer, head) == (n_layers, n_heads - 1)
+            assert all(isinstance(x, type(gr.skip())) for x in rest)
+        with pytest.raises(Exception, match="not in the current analysis"):
+            layer_tab.pick_event(ctx, session, "tiny-llama-x", 1, 0)
+
+        # the explorer's data: a small JSON that points at the compressed file in the session
+        value = layer_tab.explorer_event(ctx, session, "tiny-gpt2").constructor_args["value"]
+        meta = json.loads(value)
+        assert "codes" not in meta and meta["url"].startswith("/gradio_api/file=")
+        path = session.files[(session.analysis_id, "explorer", "tiny-gpt2")]
+        assert session.owns(path) and path.stat().st_size == meta["compressed_bytes"]
+        blob = path.read_bytes()
+        p = explorer.AttentionPayload.from_json({**meta, "codes": "", "scales": ""})
+        p = type(p)(**{**p.__dict__, "scales": blob[:meta["scales_bytes"]],
+                       "codes": blob[meta["scales_bytes"]:]})
+        att = np.asarray(result.trace.attentions)
+        back = explorer.unpack_attention(p)
+        assert (np.abs(back - att) <= att.max(-1, keepdims=True) * explorer.quantisation_bound()
+                + 1e-6).all()
         gif = layer_tab.gif_event(ctx, session, "tiny-gpt2")
         assert Path(gif).read_bytes()[:6] in (b"GIF89a", b"GIF87a") and session.owns(gif)
-        layer_tab.prewarm_event(ctx, session, "tiny-gpt2")
-        # a cached redraw is instant; every (layer, head) is cached after the pre-draw
-        for layer in range(1, n_layers + 1):
-            assert session.cached(("grid", "tiny-gpt2", layer))
-            for head in range(n_heads):
-                assert session.cached(("pattern", "tiny-gpt2", layer, head))
-        t0 = time.perf_counter()
-        layer_tab.layer_event(ctx, session, "tiny-gpt2", 2, 1)
-        layer_tab.head_event(ctx, session, "tiny-gpt2", 2, 2)
-        assert time.perf_counter() - t0 < 0.15
+        # a second model change reuses both files
+        assert layer_tab.explorer_event(ctx, session, "tiny-gpt2").constructor_args["value"] == value
     finally:
         for h in handles:
             h.remove()
@@ -182,19 +210,18 @@ def test_empty_prompt_gives_a_readable_error_and_the_next_call_works(ctx):
     assert sum(e.get("error") is not None for e in session.log) == 4
 
 
-def test_bundle_lives_in_the_sessions_own_temp_dir(ctx, analysed):
+def test_bundle_lives_in_the_sessions_own_folder(ctx, analysed):
     import zipfile
 
     from ui import overall_tab
-    from ui.state import Session, cleanup
+    from ui.state import Session, cleanup, sessions_root
 
     session, models, _ = analysed
     file, state, log_table = overall_tab.bundle_event(ctx, session)
     assert file["visible"] is True
     path = Path(file["value"])
     assert path.is_file() and zipfile.is_zipfile(path)
-    tmp = Path(tempfile.gettempdir()).resolve()
-    assert path.resolve().is_relative_to(tmp)
+    assert path.resolve().is_relative_to(sessions_root().resolve())  # assets/sessions
     assert session.owns(path) and path.parent == session.directory
     assert re.search(r"[0-9a-f]{32}", path.parent.name)  # unguessable directory name
     assert "download bundle" in list(log_table["action"])
@@ -227,9 +254,10 @@ def test_build_app_loads_no_model_and_has_every_elem_id():
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     for needed in ("prompt", "models", "analyze-btn", "bundle-btn", "download", "metric-curves",
                    "metrics-table", "predictions-0", "attribution-0", "norm-heatmap-0",
-                   "correlation-0", "layer-model", "layer-slider", "head-slider",
-                   "attention-pattern", "head-grid", "entropy-heatmap", "head-clusters",
-                   "role-table", "head-attribution", "logit-lens", "layer-gif", "details",
+                   "correlation-0", "layer-model", "layer-box", "head-box", "layer-source",
+                   "layer-error", "head-info", "attention-explorer", "head-maps", "role-table",
+                   "target-token", "contrast-token", "target-btn", "prediction-views",
+                   "layer-gif", "bundle-file", "details",
                    "tab-overall", "tab-layer", "tab-diffusion", "tab-details"):
         assert needed in ids, needed
     assert not any(b.elem_id == "custom-model" for b in demo.blocks.values()
@@ -309,11 +337,15 @@ def test_continuation_follows_the_shown_analysis(ctx, gpt2):
     assert other.continuations == {"tiny-gpt2": expected}
 
 
-def test_a_new_analysis_drops_the_kept_figures(analysed):
+def test_a_new_analysis_drops_the_session_files_and_selection(analysed, tmp_path):
     from ui.state import Session
 
     session = Session()
-    session.kept[("pattern", "x")] = object()
+    kept = session.folder() / "attention-x-1.bin"
+    kept.write_bytes(b"x")
+    session.files[(0, "explorer", "x")] = kept
     session.figures[(0, "pattern")] = object()
+    session.selection["x"] = (2, 1)
     session.set_analysis(analysed[0].analysis)
-    assert session.kept == {} and session.figures == {}
+    assert session.files == {} and session.figures == {} and session.selection == {}
+    assert not kept.exists()
