@@ -11,15 +11,19 @@ without any UI, so it can be tested alone::
     s.apply()                         # commit the selection: step 1
     s.rewind(0)                       # back to the start, exactly
 
-It lays out the sequence, forbids the same special tokens and ranks positions with the same
-functions as ``models.generation.diffusion_generate``, so stepping with ``Settings()``
-(temperature 1, no noise, no top-k/top-p) and ``auto_select(n)`` reproduces the sampler's greedy
-run token for token.
+It lays out the sequence, runs the same forward passes (with or without the block KV cache),
+forbids the same special tokens and ranks positions with the same functions as
+``models.diffusion.diffusion_generate``, so stepping with ``Settings()`` (temperature 1, no
+noise, no top-k/top-p) and ``auto_select(n)`` reproduces the sampler's greedy run token for
+token, cache included.
 
 Definitions (the tab quotes them):
 
 - ``logits``: the model's output at the masked positions of the generated region after one
-  forward pass, float32 on the CPU  # [masked position, vocab]
+  forward pass, float32 on the CPU  # [masked position, vocab]. With the dual KV cache a pass
+  inside a block computes only the block's positions, so only those have logits.
+- ``cache``: "none", "prefix" or "dual" (models.kv_cache): the first forward pass in a block
+  rebuilds the cache (``kv_event`` "refreshed"), the later ones read it ("reused").
 - *selectable* tokens: those left finite by ``process_logits`` (never-chosen special tokens
   removed, then the selectable ``top_k`` and/or ``top_p``).
 - ``probs`` = softmax(processed logits / ``temperature``) over the selectable tokens; the
@@ -44,36 +48,34 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from models.errors import UserError
-from models.generation import (
+from models.common import UserError, finite_number, token_texts, whole_number
+from models.diffusion import Passes, canvas
+from models.kv_cache import BlockKV, check_cache
+from models.sampling import (
     MAX_SEED,
     STRATEGIES,
-    GenerationResult,
-    StepRecord,
-    _check_diffusion_model,
-    _check_float,
-    _check_int,
-    _decode,
-    _device,
-    _forbidden,
-    _layout,
-    _logits,
-    _mask_text,
+    check_choice,
+    check_prompt,
+    check_unmasking_model,
+    decode_content,
     end_ids,
     entropy,
     first_end,
+    forbidden_ids,
+    mask_text,
     mask_token_id,
+    model_device,
     process_logits,
     ranked,
     stop_ids,
     strategy_scores,
-    token_texts,
 )
+from models.trace import GenerationResult, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +94,17 @@ class Settings:
     show_k: int = 8  # candidates shown per position
 
     def checked(self) -> Settings:
-        t = _check_float("temperature", self.temperature)
+        t = finite_number("temperature", self.temperature)
         if t <= 0:
             raise UserError(f"temperature must be positive, got {self.temperature}.")
-        g = _check_float("Gumbel noise", self.gumbel)
+        g = finite_number("Gumbel noise", self.gumbel)
         if g < 0:
             raise UserError(f"Gumbel noise must be 0 (off) or positive, got {self.gumbel}.")
-        k = None if self.top_k in (None, 0) else _check_int("top_k", int(self.top_k), 1)
-        p = None if self.top_p is None else _check_float("top_p", self.top_p)
+        k = None if self.top_k in (None, 0) else whole_number("top_k", self.top_k, 1)
+        p = None if self.top_p is None else finite_number("top_p", self.top_p)
         if p is not None and not 0 < p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}.")
-        show = _check_int("shown top-k", int(self.show_k), 1, MAX_SHOW_K)
+        show = whole_number("shown top-k", self.show_k, 1, MAX_SHOW_K)
         return Settings(t, g, k, None if p is None or p >= 1 else p, show)
 
 
@@ -126,18 +128,20 @@ class Snapshot:
     ids: list[int]  # the whole sequence
     logits: torch.Tensor | None = None  # [masked position, vocab] of a forward pass at this state
     rows: list[int] | None = None  # the masked positions the logits rows belong to
+    kv: BlockKV | None = None  # the block KV cache in force after that pass (shared, not copied)
+    kv_block: int | None = None  # the block it was built for
+    kv_event: str | None = None  # what that pass did with the cache: refreshed | reused
 
 
 class Stepper:
     """Interactive masked-diffusion generation (see the module docstring)."""
 
     def __init__(self, loaded: Any, prompt: str, length: int, block_length: int | None = None,
-                 seed: int = 0, use_chat_template: bool = False):
-        _check_diffusion_model(loaded)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UserError("The prompt is empty. Type some text to start from.")
-        length = _check_int("length", length, 1)
-        block_length = length if block_length in (None, 0) else _check_int(
+                 seed: int = 0, use_chat_template: bool = False, cache: str = "none"):
+        check_unmasking_model(loaded)
+        prompt = check_prompt(prompt)
+        length = whole_number("length", length, 1)
+        block_length = length if block_length in (None, 0) else whole_number(
             "block_length", block_length, 1, length)
         if length % block_length:
             raise UserError(f"length {length} must be a multiple of block_length {block_length}.")
@@ -145,13 +149,15 @@ class Stepper:
         self.prompt = prompt
         self.length = length
         self.block_length = block_length
-        self.seed = _check_int("seed", seed, 0, MAX_SEED)
+        self.seed = whole_number("seed", seed, 0, MAX_SEED)
+        self.cache = check_cache(loaded, cache, length // block_length, length)
         self.mask_id = mask_token_id(loaded)
-        lay = _layout(loaded, prompt, length, self.mask_id, use_chat_template)
+        lay = canvas(loaded, prompt, length, self.mask_id, use_chat_template)
+        self.passes = Passes(loaded.model, lay, self.mask_id, 0.0, self.cache, block_length)
         self.start = lay.start
         self.stops = stop_ids(loaded)
         self.ends = end_ids(loaded)
-        self.mask_text = _mask_text(loaded.tokenizer, self.mask_id)
+        self.mask_text = mask_text(loaded.tokenizer, self.mask_id)
         self.ids: list[int] = list(lay.ids)
         self.history: list[Snapshot] = [Snapshot(list(self.ids))]
         self.records: list[StepRecord] = []
@@ -210,8 +216,8 @@ class Stepper:
 
     def text(self) -> str:
         """The committed part of the region decoded (masked positions left out)."""
-        return _decode(self.loaded.tokenizer, [i for i in self.region if i != self.mask_id],
-                       self.ends)
+        return decode_content(self.loaded.tokenizer,
+                              [i for i in self.region if i != self.mask_id], self.ends)
 
     @property
     def end(self) -> int | None:
@@ -230,25 +236,32 @@ class Stepper:
 
     # ------------------------------------------------------------------ the model
 
+    @property
+    def kv_event(self) -> str | None:
+        """What the last forward pass at this state did with the KV cache (None: no cache or
+        no pass yet): "refreshed" (a full pass at a block boundary) or "reused"."""
+        return self.history[-1].kv_event
+
     def forward(self) -> list[PositionView]:
-        """Run the model once on the current sequence and process its logits."""
+        """Run the model once on the current sequence (a full pass, or with the KV cache a
+        window pass inside a block) and process its logits."""
         if self.done:
             raise UserError("Every position is committed: nothing left to predict. Rewind to an "
                             "earlier step or initialise a new generation.")
-        model = self.loaded.model
-        device = _device(model)
+        device = model_device(self.loaded.model)
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with self.loaded.lock, torch.inference_mode():
             x = torch.tensor([self.ids], dtype=torch.long, device=device)
-            logits = _logits(model, x)[0, self.start:self.start + self.length]
-            rows = self.masked
-            kept = logits[rows].float().cpu()
+            logits, first, event = self.passes.logits(x, self.block)
+            rows = [p for p in self.masked if first <= p < first + logits.shape[0]]
+            kept = logits[[p - first for p in rows]].float().cpu()
         self.forward_seconds = time.perf_counter() - t0
         self.total_forward_seconds += self.forward_seconds
         self.n_forward += 1
         self.logits, self.rows = kept, rows
         snap = self.history[-1]
         snap.logits, snap.rows = kept, list(rows)
+        snap.kv, snap.kv_block, snap.kv_event = self.passes.kv, self.passes.kv_block, event
         self._trim_kept_logits()
         return self.process()
 
@@ -277,8 +290,8 @@ class Stepper:
         s = self.settings
         t0 = time.perf_counter()
         if self._forbidden is None:
-            self._forbidden = _forbidden(self.loaded, self.logits.shape[-1], self.mask_id,
-                                         self.stops, torch.device("cpu"))
+            self._forbidden = forbidden_ids(self.loaded, self.logits.shape[-1], self.mask_id,
+                                            self.stops, torch.device("cpu"))
         z = process_logits(self.logits, self._forbidden, s.top_k, s.top_p)  # float64
         probs = torch.softmax(z / s.temperature, dim=-1)
         if s.gumbel > 0:
@@ -338,9 +351,8 @@ class Stepper:
     def auto_select(self, n: int, strategy: str = "low_confidence") -> list[int]:
         """Select the candidates of ``n`` eligible positions by ``strategy``; the positions."""
         self._require_view()
-        n = _check_int("number of positions", int(n), 1)
-        if strategy not in STRATEGIES:
-            raise UserError(f"Unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}.")
+        n = whole_number("number of positions", n, 1)
+        check_choice("strategy", strategy, STRATEGIES)
         ok = torch.tensor([self.eligible(p) and p not in self.selection for p in self.rows])
         if not bool(ok.any()):
             return []
@@ -375,12 +387,6 @@ class Stepper:
         for p, t in selection.items():
             self.select(p, t)
 
-    def deselect(self, position: int) -> None:
-        self.selection.pop(int(position), None)
-
-    def clear_selection(self) -> None:
-        self.selection = {}
-
     # ------------------------------------------------------------------ committing
 
     def apply(self) -> StepRecord:
@@ -397,10 +403,12 @@ class Stepper:
         candidates = [{"position": v.position,
                        "top": [{"token": t["token"], "probability": t["probability"]}
                                for t in v.top[:5]]} for v in self.view or []]
+        event = self.kv_event
         for c in committed:
             self.ids[self.start + c["position"]] = c["token_id"]
         self.history.append(Snapshot(list(self.ids)))
-        record = StepRecord(self.step, block, committed, self.tokens(), candidates, self.end)
+        record = StepRecord(self.step, block, committed, self.tokens(), candidates, self.end,
+                            event, elapsed=self.total_forward_seconds)
         self.records.append(record)
         self._stale()
         return record
@@ -411,12 +419,15 @@ class Stepper:
 
     def rewind(self, step: int) -> None:
         """Back to the state after ``step`` applies (0 = all masked), exactly; continue there."""
-        step = _check_int("step", int(step), 0, self.step)
+        step = whole_number("step", step, 0, self.step)
         self.history = self.history[:step + 1]
         self.records = self.records[:step]
         snap = self.history[-1]
         self.ids = list(snap.ids)
         self._stale()
+        kept = next((h for h in reversed(self.history) if h.kv is not None), None)
+        self.passes.kv = None if kept is None else kept.kv  # the cache in force at that state
+        self.passes.kv_block = None if kept is None else kept.kv_block
         if snap.logits is not None:  # the forward pass made at that state, kept: no re-run
             self.logits, self.rows = snap.logits, list(snap.rows)
             self.process()
@@ -424,7 +435,7 @@ class Stepper:
     def finish(self, n_per_step: int = 1, strategy: str = "low_confidence") -> None:
         """Forward, auto-select ``n_per_step`` (after any hand-made selection) and apply until
         nothing is masked."""
-        n_per_step = _check_int("positions per step", int(n_per_step), 1)
+        n_per_step = whole_number("positions per step", n_per_step, 1)
         for _ in range(self.length + 1):
             if self.done:
                 return
@@ -452,7 +463,8 @@ class Stepper:
             generated_tokens=content, positions=self.length, temperature=s.temperature,
             seed=self.seed, time_per_token=seconds / content if content else None,
             mask_token=self.mask_text, sampling="interactive",
-            peak_memory_note="not measured in step mode")
+            peak_memory_note="not measured in step mode", cache=self.cache,
+            kv_refreshes=sum(r.kv_cache == "refreshed" for r in self.records))
 
     def analysis_prompt(self) -> tuple[str, bool]:
         """The current sequence (masks included) as text for the analysis pipeline, and whether
@@ -472,80 +484,3 @@ class Stepper:
             text = text.replace(mask, "[MASK]")  # analysis.capture.encode maps it back
         again = tok(text.replace("[MASK]", mask) if mask else text, add_special_tokens=True)
         return text, list(again["input_ids"]) == ids
-
-
-# ---------------------------------------------------------------------------- trace helpers
-
-
-def shown_positions(result: GenerationResult) -> int:
-    """Positions worth drawing: the canvas of a diffusion run; the tokens an autoregressive run
-    wrote (one that stopped at its end-of-sequence token never writes the rest)."""
-    n = len(result.trace[0].tokens) if result.trace else result.length
-    if result.paradigm == "autoregressive" and result.trace:
-        n = min(n, len(result.trace))
-    return n
-
-
-def end_of(cells_end: int | None, position: int) -> str | None:
-    """Where ``position`` lies against the region's first end-of-sequence token ``cells_end``:
-    None (before it: content, or no end yet), "eos" (the end token) or "after" (past it)."""
-    if cells_end is None or position < cells_end:
-        return None
-    return "eos" if position == cells_end else "after"
-
-
-def region_at(result: GenerationResult, step: int) -> list[dict]:
-    """The generated region after ``step`` steps of a recorded generation (0 = all masked):
-    [{token, state: masked | new | old, confidence (None while masked), step (of commit),
-    end: None | "eos" | "after" (against the first end-of-sequence token committed so far)}].
-    An autoregressive run shows the positions it wrote (``shown_positions``)."""
-    n_steps = len(result.trace)
-    step = min(max(int(step), 0), n_steps)
-    n = shown_positions(result)
-    tokens = list(result.trace[step - 1].tokens)[:n] if step else [result.mask_token] * n
-    end = result.trace[step - 1].end if step else None
-    when: dict[int, tuple[int, float]] = {}
-    for rec in result.trace[:step]:
-        for c in rec.committed:
-            when[c["position"]] = (rec.step, float(c["confidence"]))
-    out = []
-    for p, tok in enumerate(tokens):
-        if tok == result.mask_token or p not in when:
-            out.append({"token": tok, "state": "masked", "confidence": None, "step": None,
-                        "end": end_of(end, p)})
-        else:
-            s, conf = when[p]
-            out.append({"token": tok, "state": "new" if s == step else "old", "confidence": conf,
-                        "step": s, "end": end_of(end, p)})
-    return out
-
-
-@dataclass
-class DecodeTable:
-    """When each position was decoded and how confident the model was on the way."""
-
-    commit_step: list[int | None]  # [position] step (1-based) that committed it
-    commit_confidence: list[float | None]  # [position]
-    best: list[list[float]] = field(default_factory=list)  # [position][step]: top-1 probability
-    # of the still-masked position in that step's forward pass (NaN when unknown or committed)
-    tokens: list[str] = field(default_factory=list)  # [position] the final token
-
-
-def decode_table(result: GenerationResult) -> DecodeTable:
-    n = len(result.trace[0].tokens) if result.trace else result.length
-    steps = len(result.trace)
-    commit_step: list[int | None] = [None] * n
-    commit_conf: list[float | None] = [None] * n
-    best = [[math.nan] * steps for _ in range(n)]
-    for j, rec in enumerate(result.trace):
-        for c in rec.candidates:
-            if c["top"] and 0 <= c["position"] < n:
-                best[c["position"]][j] = float(c["top"][0]["probability"])
-        for c in rec.committed:
-            p = c["position"]
-            if 0 <= p < n:
-                commit_step[p], commit_conf[p] = rec.step, float(c["confidence"])
-                if math.isnan(best[p][j]):
-                    best[p][j] = float(c["confidence"])
-    tokens = list(result.trace[-1].tokens) if result.trace else [result.mask_token] * n
-    return DecodeTable(commit_step, commit_conf, best, tokens)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from models.common import atomic_write
+from models.trace import shown_positions
 
 GREY = (205, 205, 205)
 GREEN = (120, 200, 120)
@@ -27,30 +30,49 @@ MAX_FRAMES = 150  # longer traces are subsampled evenly (first and last frame al
 MAX_TOKEN_CHARS = 14
 
 
-def _shown(result: Any) -> int:
-    """Positions drawn: the canvas; for an autoregressive run the tokens it wrote."""
-    n = len(result.trace[0].tokens) if result.trace else result.length
-    if result.paradigm == "autoregressive" and result.trace:
-        n = min(n, len(result.trace))
-    return n
+@dataclass
+class Frame:
+    """One picture of a run: the region after ``step`` steps (0 = all masked)."""
+
+    step: int
+    tokens: list[str]
+    new: set[int]  # positions committed since the previous frame
+    end: int | None  # the first end-of-sequence position, or None
+    note: str = ""  # what happened in the step (KV cache refreshed, early stop)
 
 
-def _frames(result: Any) -> list[tuple[int, list[str], set[int], int | None]]:
-    """(step, tokens, positions committed since the previous frame, first end-of-sequence
-    position or None); step 0 = all masked."""
-    n = _shown(result)
-    frames = [(0, [result.mask_token] * n, set(), None)]
+def _step_note(r: Any) -> str:
+    parts = []
+    if getattr(r, "kv_cache", None) == "refreshed":
+        parts.append("KV cache refreshed (full pass)")
+    elif getattr(r, "kv_cache", None) == "reused":
+        parts.append("KV cache reused")
+    if getattr(r, "note", ""):
+        parts.append(r.note)
+    return "; ".join(parts)
+
+
+def all_frames(result: Any) -> list[Frame]:
+    """Every step's frame, after the all-masked start."""
+    n = shown_positions(result)
+    frames = [Frame(0, [result.mask_token] * n, set(), None)]
     for r in result.trace:
-        frames.append((r.step, list(r.tokens)[:n], {c["position"] for c in r.committed},
-                       getattr(r, "end", None)))
+        frames.append(Frame(r.step, list(r.tokens)[:n], {c["position"] for c in r.committed},
+                            getattr(r, "end", None), _step_note(r)))
+    return frames
+
+
+def _subsampled(frames: list[Frame]) -> list[Frame]:
+    """At most MAX_FRAMES frames, evenly (first and last kept; the new positions of dropped
+    frames carried to the next kept one)."""
     if len(frames) <= MAX_FRAMES:
         return frames
     keep = sorted({round(i * (len(frames) - 1) / (MAX_FRAMES - 1)) for i in range(MAX_FRAMES)})
     out, pending = [], set()
-    for i, (step, tokens, new, end) in enumerate(frames):
-        pending |= new
+    for i, f in enumerate(frames):
+        pending |= f.new
         if i in keep:
-            out.append((step, tokens, pending, end))
+            out.append(Frame(f.step, f.tokens, pending, f.end, f.note))
             pending = set()
     return out
 
@@ -75,81 +97,169 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_TOKEN_CHARS else text[:MAX_TOKEN_CHARS - 1] + "…"
 
 
-def gif_bytes(result: Any, width: int = 900, frame_ms: int = 600) -> bytes:
-    """The animated GIF as bytes (see ``trace_gif``)."""
-    from PIL import Image, ImageDraw
+PAD, BOX_H, GAP, HEAD = 16, 28, 6, 62  # pixels: margin, token box height, gap, panel header
 
-    frames = _frames(result)
-    font, small = _font(15), _font(13)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    n = len(frames[0][1])
-    # one fixed box per position, wide enough for every text it shows, so nothing jumps around
-    widths = [max(28, int(max(probe.textlength(_short(f[1][p]), font=font) for f in frames)) + 12)
-              for p in range(n)]
-    pad, box_h, gap, top = 16, 28, 6, 78
-    boxes, x, y = [], pad, top
-    for w in widths:
-        w = min(w, width - 2 * pad)
-        if x + w > width - pad and x > pad:
-            x, y = pad, y + box_h + gap
-        boxes.append((x, y, x + w, y + box_h))
-        x += w + gap
-    height = y + box_h + pad + 30
-    total = len(result.trace)
-    title = f"{result.model} · {result.paradigm} · {result.prompt}"
-    images = []
-    for step, tokens, new, end in frames:
-        img = Image.new("RGB", (width, height), BACKGROUND)
-        draw = ImageDraw.Draw(img)
-        draw.text((pad, 10), title[:110], fill=INK, font=small)
-        draw.text((pad, 32), f"step {step}/{total}", fill=INK, font=font)
-        bar_x0, bar_x1 = pad + 130, width - pad
-        draw.rectangle([bar_x0, 36, bar_x1, 48], outline=(160, 160, 160))
+
+class Panel:
+    """One run drawn as a strip of token boxes: fixed boxes, wide enough for every text they
+    show in any frame, so nothing jumps around."""
+
+    def __init__(self, result: Any, frames: list[Frame], width: int):
+        from PIL import Image, ImageDraw
+
+        self.result, self.width = result, width
+        self.font, self.small = _font(15), _font(13)
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        n = len(frames[0].tokens)
+        widths = [max(28, int(max(probe.textlength(_short(f.tokens[p]), font=self.font)
+                                  for f in frames)) + 12) for p in range(n)]
+        self.boxes, x, y = [], PAD, HEAD
+        for w in widths:
+            w = min(w, width - 2 * PAD)
+            if x + w > width - PAD and x > PAD:
+                x, y = PAD, y + BOX_H + GAP
+            self.boxes.append((x, y, x + w, y + BOX_H))
+            x += w + GAP
+        self.height = y + BOX_H + 14 + 16  # and a line for the step's note
+
+    def draw(self, draw: Any, y0: int, frame: Frame, header: str) -> None:
+        r = self.result
+        total = len(r.trace)
+        draw.text((PAD, y0 + 8), header[:120], fill=INK, font=self.small)
+        draw.text((PAD, y0 + 30), f"step {frame.step}/{total}", fill=INK, font=self.font)
+        bar_x0, bar_x1 = PAD + 130, self.width - PAD
+        draw.rectangle([bar_x0, y0 + 34, bar_x1, y0 + 46], outline=(160, 160, 160))
         if total:
-            draw.rectangle([bar_x0, 36, bar_x0 + (bar_x1 - bar_x0) * step // total, 48],
-                           fill=(100, 170, 230))
-        for p, (tok, box) in enumerate(zip(tokens, boxes, strict=True)):
-            masked = tok == result.mask_token
-            colour = GREY if masked else GREEN if p in new else BLUE
-            past = end is not None and p >= end
+            draw.rectangle([bar_x0, y0 + 34, bar_x0 + (bar_x1 - bar_x0) * frame.step // total,
+                            y0 + 46], fill=(100, 170, 230))
+        for p, (tok, box) in enumerate(zip(frame.tokens, self.boxes, strict=True)):
+            colour = GREY if tok == r.mask_token else GREEN if p in frame.new else BLUE
+            past = frame.end is not None and p >= frame.end
+            box = (box[0], box[1] + y0, box[2], box[3] + y0)
             draw.rounded_rectangle(box, radius=5, fill=_faded(colour) if past else colour)
             draw.text((box[0] + 6, box[1] + 6), _short(tok), fill=FADED_INK if past else INK,
-                      font=font)
-        ly = height - 26
-        lx = pad
-        for colour, label in ((GREY, "masked"), (GREEN, "new this step"), (BLUE, "committed"),
-                              (_faded(BLUE), "end of sequence and after (not content)")):
-            draw.rectangle([lx, ly, lx + 14, ly + 14], fill=colour)
-            draw.text((lx + 20, ly), label, fill=INK, font=small)
-            lx += 140
-        images.append(img.convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
-    durations = [frame_ms] * len(images)
+                      font=self.font)
+        if frame.note:
+            draw.text((PAD, y0 + self.height - 18), frame.note[:140], fill=FADED_INK,
+                      font=self.small)
+
+
+def _legend(draw: Any, y: int) -> None:
+    small, x = _font(13), PAD
+    for colour, label in ((GREY, "masked"), (GREEN, "new this step"), (BLUE, "committed"),
+                          (_faded(BLUE), "end of sequence and after (not content)")):
+        draw.rectangle([x, y, x + 14, y + 14], fill=colour)
+        draw.text((x + 20, y), label, fill=INK, font=small)
+        x += 140
+
+
+def _header(result: Any) -> str:
+    return f"{result.model} · {result.paradigm} · {result.prompt}"
+
+
+def frame_images(result: Any, width: int = 900) -> list[Any]:
+    """One RGB image per frame of the run (subsampled to MAX_FRAMES)."""
+    from PIL import Image, ImageDraw
+
+    frames = _subsampled(all_frames(result))
+    panel = Panel(result, frames, width)
+    images = []
+    for f in frames:
+        img = Image.new("RGB", (width, panel.height + 30), BACKGROUND)
+        draw = ImageDraw.Draw(img)
+        panel.draw(draw, 0, f, _header(result))
+        _legend(draw, panel.height + 6)
+        images.append(img)
+    return images
+
+
+def _gif(images: list[Any], frame_ms: int) -> bytes:
+    from PIL import Image
+
+    paletted = [im.convert("P", palette=Image.Palette.ADAPTIVE, colors=64) for im in images]
+    durations = [frame_ms] * len(paletted)
     durations[-1] = max(frame_ms, 2000)
     buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
-                   duration=durations, loop=0, optimize=False)
+    paletted[0].save(buf, format="GIF", save_all=True, append_images=paletted[1:],
+                     duration=durations, loop=0, optimize=False)
     return buf.getvalue()
 
 
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def gif_bytes(result: Any, width: int = 900, frame_ms: int = 600) -> bytes:
+    """The animated GIF as bytes (see ``trace_gif``)."""
+    return _gif(frame_images(result, width), frame_ms)
 
 
 def trace_gif(result: Any, path: str | os.PathLike) -> Path:
     """Animated GIF: one frame per step (plus the all-masked start), tokens as coloured boxes
     and a "step i/N" counter. Traces over 150 steps are subsampled evenly."""
-    _atomic_write(path, gif_bytes(result))
-    return Path(path)
+    return atomic_write(path, gif_bytes(result))
+
+
+def _at(frames: list[Frame], times: list[float], t: float) -> Frame:
+    """The frame of a run at time ``t``: after the last step that ended by then."""
+    k = 0
+    while k < len(times) and times[k] <= t + 1e-12:
+        k += 1
+    return frames[k]
+
+
+def _step_times(result: Any) -> list[float]:
+    """When each step ended (seconds from the run's start): recorded, else spread evenly."""
+    n = len(result.trace)
+    times = [getattr(r, "elapsed", None) for r in result.trace]
+    if any(t is None for t in times):
+        times = [result.seconds * (i + 1) / n for i in range(n)]
+    return times
+
+
+def pair_images(diffusion: Any, autoregressive: Any, width: int = 900) -> list[Any]:
+    """Both runs writing on one clock: a frame at every moment either finished a step (at
+    most MAX_FRAMES), each panel showing its run's state at that moment."""
+    from PIL import Image, ImageDraw
+
+    runs = [(r, all_frames(r), _step_times(r)) for r in (diffusion, autoregressive)]
+    moments = sorted({0.0} | {t for _r, _f, times in runs for t in times})
+    if len(moments) > MAX_FRAMES:
+        moments = [moments[round(i * (len(moments) - 1) / (MAX_FRAMES - 1))]
+                   for i in range(MAX_FRAMES)]
+    panels = [Panel(r, frames, width) for r, frames, _t in runs]
+    height = sum(p.height for p in panels) + 60
+    images = []
+    for t in moments:
+        img = Image.new("RGB", (width, height), BACKGROUND)
+        draw = ImageDraw.Draw(img)
+        draw.text((PAD, 6), f"t = {t * 1000:.1f} ms (each run's own clock: its steps end when "
+                            "they ended in the timed run)", fill=INK, font=_font(13))
+        y = 24
+        for panel, (r, frames, times) in zip(panels, runs, strict=True):
+            head = (f"{_header(r)} · {r.generated_tokens} content tokens in {r.seconds * 1000:.1f}"
+                    f" ms, {r.nfe} forward passes")
+            panel.draw(draw, y, _at(frames, times, t), head)
+            y += panel.height
+        _legend(draw, y + 8)
+        images.append(img)
+    return images
+
+
+def pair_gif(diffusion: Any, autoregressive: Any, path: str | os.PathLike) -> Path:
+    """The side-by-side GIF: the diffusion run above the autoregressive one, both on one clock
+    (so the faster one finishes first, as it did)."""
+    return atomic_write(path, _gif(pair_images(diffusion, autoregressive), 250))
+
+
+def _pngs(images: list[Any]) -> list[bytes]:
+    out = []
+    for img in images:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def png_frames(result: Any) -> list[bytes]:
+    """Every frame of the run as a PNG (subsampled to MAX_FRAMES like the GIF)."""
+    return _pngs(frame_images(result))
 
 
 _HTML = """<!DOCTYPE html>
@@ -210,7 +320,9 @@ left/right arrows step</div>
     " \\u00b7 " + (D.nfe ? (D.generated_tokens / D.nfe).toFixed(2) : "0") +
     " content tokens per forward pass \\u00b7 " + D.seconds.toFixed(3) + " s \\u00b7 " +
     D.tokens_per_second.toFixed(1) + " content tokens/s" +
-    (D.threshold === null ? "" : " \\u00b7 threshold " + D.threshold);
+    (D.threshold === null ? "" : " \\u00b7 threshold " + D.threshold) +
+    (D.cache && D.cache !== "none" ? " \\u00b7 KV cache " + D.cache + " (" + D.kv_refreshes +
+     " refreshes)" : "") + (D.stop_note ? " \\u00b7 " + D.stop_note : "");
   document.getElementById("prompt").textContent = D.prompt;
   document.getElementById("text").textContent = D.text;
   function tokensAt(i) {
@@ -249,6 +361,10 @@ left/right arrows step</div>
     d.appendChild(el("div", "Committed in this step: " + r.committed.map(function (c) {
       return "#" + c.position + " " + JSON.stringify(c.token) + " (" +
         c.confidence.toFixed(3) + ")"; }).join(", ")));
+    if (r.kv_cache) d.appendChild(el("div", r.kv_cache === "refreshed" ?
+      "KV cache refreshed: a full forward pass at the block boundary" :
+      "KV cache reused: the positions outside the pass's window were read from the cache"));
+    if (r.note) d.appendChild(el("div", r.note));
     if (selected === null) return;
     var c = (r.candidates || []).filter(function (x) { return x.position === selected; })[0];
     if (!c) { d.appendChild(el("div", "Position " + selected +
@@ -310,13 +426,23 @@ def trace_html(result: Any) -> str:
             .replace("__DATA__", _safe_json(data)))
 
 
-def export_zip(result: Any, path: str | os.PathLike) -> Path:
-    """ZIP with trace.json (the ``generate --json`` object), steps.gif and viewer.html, written
-    to a temporary file next to ``path`` and moved into place."""
+def export_zip(result: Any, path: str | os.PathLike, autoregressive: Any = None) -> Path:
+    """ZIP with trace.json (the ``generate --json`` object), steps.gif, viewer.html and every
+    step as a PNG (frames/step_000.png = all masked, ...; subsampled like the GIF over 150
+    steps); with an ``autoregressive`` run of the same prompt also its trace
+    (autoregressive.json) and the side-by-side GIF (side_by_side.gif). Written to a temporary
+    file next to ``path`` and moved into place."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("trace.json", json.dumps(result.to_json(), ensure_ascii=False, indent=1))
-        zf.writestr("steps.gif", gif_bytes(result))
+        images = frame_images(result)
+        zf.writestr("steps.gif", _gif(images, 600))
         zf.writestr("viewer.html", trace_html(result))
-    _atomic_write(path, buf.getvalue())
-    return Path(path)
+        frames = _subsampled(all_frames(result))
+        for frame, png in zip(frames, _pngs(images), strict=True):
+            zf.writestr(f"frames/step_{frame.step:03d}.png", png)
+        if autoregressive is not None:
+            zf.writestr("autoregressive.json", json.dumps(autoregressive.to_json(),
+                                                          ensure_ascii=False, indent=1))
+            zf.writestr("side_by_side.gif", _gif(pair_images(result, autoregressive), 250))
+    return atomic_write(path, buf.getvalue())

@@ -1,5 +1,6 @@
-"""The Diffusion tab: its event functions called directly, then a full generation through the
-running app's API with gradio_client."""
+"""The Diffusion tab: its event functions (ui.diffusion_events) called directly with a runner
+(ui.diffusion_runner), then a full generation through the running app's API with
+gradio_client (the tab's events are undocumented endpoints: callable, not in the API docs)."""
 
 import html
 import re
@@ -12,14 +13,20 @@ import pytest
 
 from models.generation import RESULT_METRICS
 from tests.conftest import have
+from ui import diffusion_events as ev
+from ui import diffusion_html as views
+from ui.state import friendly_errors
 
 pytestmark = pytest.mark.skipif(not (have("tiny-bert") and have("tiny-gpt2")),
                                 reason="embedded tiny-bert / tiny-gpt2 missing")
 
 PROMPT = "the capital of japan is"
 DIFF = "tiny-diffusion" if have("tiny-diffusion") else "tiny-bert"
-# model, prompt, length, steps, block length, strategy, threshold, temperature, seed
-SETTINGS = [DIFF, PROMPT, 8, 4, 4, "low_confidence", 0, 0, 0]
+# model, prompt, length, steps, block length, strategy, threshold, temperature, seed, top-k,
+# top-p, KV cache, early stop, mode, schedule, sampling (ui.diffusion_runner.diffusion_settings)
+SETTINGS = [DIFF, PROMPT, 8, 4, 4, "low_confidence", 0, 0, 0, 0, 1.0, "none", False, "commit",
+            "linear", "greedy"]
+AR = ["tiny-gpt2", 0, 0, 1.0]  # model, max length (0 = the diffusion length), temperature, top-p
 PROCESSING = [1.0, 0.0, 6, 0, 1.0]  # temperature, Gumbel noise, shown top-k, top-k, top-p
 
 
@@ -32,10 +39,10 @@ def ctx():
 
 @pytest.fixture()
 def states():
-    from ui.diffusion_tab import DiffusionSession
+    from ui.diffusion_runner import DiffusionRunner
     from ui.state import Session
 
-    return Session(), DiffusionSession()
+    return Session(), DiffusionRunner()
 
 
 def _is_plot(value) -> bool:
@@ -45,7 +52,7 @@ def _is_plot(value) -> bool:
 
 
 def test_offered_models_put_diffusion_first(ctx):
-    from ui.diffusion_tab import causal_models, diffusion_models
+    from ui.diffusion_runner import causal_models, diffusion_models
 
     names = diffusion_models(ctx)
     assert "tiny-bert" in names and "tiny-gpt2" not in names
@@ -55,10 +62,8 @@ def test_offered_models_put_diffusion_first(ctx):
 
 
 def test_generate_shows_text_steps_heatmap_and_exports(ctx, states):
-    from ui import diffusion_tab as dt
-
     session, ds = states
-    text, summary, slider, tokens, caption, heat, gif, viewer, files = dt.generate_event(
+    text, summary, slider, tokens, caption, heat, gif, viewer, files = ev.generate_event(
         ctx, session, ds, *SETTINGS)
     assert "tokyo" in text and text == ds.run.text
     assert "4 steps" in summary and "4 forward passes" in summary
@@ -75,27 +80,27 @@ def test_generate_shows_text_steps_heatmap_and_exports(ctx, states):
     assert "<iframe" in viewer and "srcdoc=" in viewer
     html_file, zip_file, _ = files
     assert "<script" in Path(html_file).read_text()
-    assert set(zipfile.ZipFile(zip_file).namelist()) == {"trace.json", "steps.gif", "viewer.html"}
+    # per-step PNG frames: the all-masked start and one per step
+    assert set(zipfile.ZipFile(zip_file).namelist()) == {
+        "trace.json", "steps.gif", "viewer.html", *(f"frames/step_{i:03d}.png" for i in range(5))}
     # the slider redraws from the stored trace: step 0 all masked, step 2 = 2 of 4 steps
-    tokens0, caption0 = dt.run_step_event(ctx, ds, 0)
+    tokens0, caption0 = ev.run_step_event(ctx, ds, 0)
     assert tokens0.count("dtok masked") == 8 and "Step 0 / 4" in caption0
-    tokens2, caption2 = dt.run_step_event(ctx, ds, 2)
+    tokens2, caption2 = ev.run_step_event(ctx, ds, 2)
     assert tokens2.count("dtok masked") == 4 and tokens2.count("dtok new") == 2
     assert "Step 2 / 4" in caption2
     assert session.log[-1]["action"] == "diffusion generate"
     # a second run replaces the first run's files
-    dt.generate_event(ctx, session, ds, *SETTINGS)
+    ev.generate_event(ctx, session, ds, *SETTINGS)
     assert not Path(gif).exists()
 
 
 @pytest.mark.skipif(not have("tiny-diffusion"), reason="embedded tiny-diffusion missing")
 def test_positions_after_the_end_are_greyed_not_hidden(ctx, states):
-    from ui import diffusion_tab as dt
-
     session, ds = states
     # length 16 at threshold 0.9: tiny-diffusion fills the tail of its canvas with [SEP]
     settings = ["tiny-diffusion", PROMPT, 16, 0, 0, "low_confidence", 0.9, 0, 0]
-    _text, summary, _slider, tokens, caption, *_ = dt.generate_event(ctx, session, ds, *settings)
+    _text, summary, _slider, tokens, caption, *_ = ev.generate_event(ctx, session, ds, *settings)
     res = ds.run
     end = res.trace[-1].end
     assert end is not None and res.generated_tokens == end < 16
@@ -110,46 +115,45 @@ def test_positions_after_the_end_are_greyed_not_hidden(ctx, states):
         assert ("after-end" in cls.split()) == (int(p) >= end)
         assert html.unescape(token) == res.tokens[int(p)]
     assert f"#{end} ends the content" in caption
-    assert ".dtok.after-end" in dt.CSS and "greyed" in dt.legend_html()
+    assert ".dtok.after-end" in views.CSS and "greyed" in views.legend_html()
 
 
 def test_settings_are_checked(ctx, states):
-    from ui import diffusion_tab as dt
-
     session, ds = states
     bad = {2: 7, 3: 4, 4: 4}  # length 7 with block length 4
     with pytest.raises(gr.Error, match="multiple of block_length"):
-        dt.friendly_errors(dt.generate_event)(ctx, session, ds,
+        friendly_errors(ev.generate_event)(ctx, session, ds,
                                               *[bad.get(i, v) for i, v in enumerate(SETTINGS)])
     with pytest.raises(gr.Error, match="diffusion or fill-mask"):
-        dt.friendly_errors(dt.generate_event)(ctx, session, ds, "tiny-gpt2", *SETTINGS[1:])
+        friendly_errors(ev.generate_event)(ctx, session, ds, "tiny-gpt2", *SETTINGS[1:])
     with pytest.raises(gr.Error, match="prompt is empty"):
-        dt.friendly_errors(dt.generate_event)(ctx, session, ds, DIFF, " ", *SETTINGS[2:])
+        friendly_errors(ev.generate_event)(ctx, session, ds, DIFF, " ", *SETTINGS[2:])
     with pytest.raises(gr.Error, match="whole number"):
-        dt.friendly_errors(dt.generate_event)(ctx, session, ds, DIFF, PROMPT, 2.5, *SETTINGS[3:])
+        friendly_errors(ev.generate_event)(ctx, session, ds, DIFF, PROMPT, 2.5, *SETTINGS[3:])
     with pytest.raises(gr.Error, match="Generate first"):
-        dt.friendly_errors(dt.run_step_event)(ctx, ds, 1)
+        friendly_errors(ev.run_step_event)(ctx, ds, 1)
 
 
 def test_length_limit_comes_from_the_config(ctx):
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from models.errors import UserError
-    from ui import diffusion_tab as dt
+    from models.common import UserError
+    from ui.diffusion_runner import diffusion_settings
 
     small = replace(ctx, config=SimpleNamespace(max_generation_length=4))
     with pytest.raises(UserError, match="limit of 4 tokens"):
-        dt.parse_settings(small, *SETTINGS)
-    assert dt.parse_settings(small, DIFF, PROMPT, 4, 0, 0, "random", 0.5, 1.0, 3).steps == 4
+        diffusion_settings(small, *SETTINGS)
+    s = diffusion_settings(small, DIFF, PROMPT, 4, 0, 0, "random", 0.5, 1.0, 3)
+    # 0 means "= length" / "off": the sampler gets None and decides
+    assert (s.length, s.steps, s.block_length, s.threshold, s.seed) == (4, None, None, 0.5, 3)
 
 
 def test_side_by_side_and_metrics(ctx, states):
-    from ui import diffusion_tab as dt
-
     session, ds = states
-    out = dt.pair_event(ctx, session, ds, *SETTINGS, "tiny-gpt2")
-    d_text, d_info, d_slider, d_tokens, a_text, a_info, a_slider, a_tokens, table, bars = out
+    out = ev.pair_event(ctx, session, ds, *SETTINGS, *AR)
+    (d_text, d_info, d_slider, d_tokens, a_text, a_info, a_slider, a_tokens, table, bars, gif,
+     files) = out
     assert "tokyo" in d_text and "tokyo" in a_text
     assert "(diffusion)" in d_info and "(autoregressive)" in a_info
     assert d_slider.maximum == 4 and a_slider.maximum == 8  # AR: one step per token
@@ -170,25 +174,25 @@ def test_side_by_side_and_metrics(ctx, states):
         assert row.loc["peak memory (MB)", col] > 0  # allocation-based, never an empty bar
     assert f"{a.generated_tokens} content tokens of 8 positions" in a_info
     assert _is_plot(bars)
-    tokens, info = dt.pair_step_event(ctx, ds, 1, 3)  # AR after 3 tokens: 5 pending
+    tokens, info = ev.pair_step_event(ctx, ds, 1, 3)  # AR after 3 tokens: 5 pending
     assert tokens.count("dtok masked") == 5 and "Step 3 / 8" in info
     assert "content tokens of 8 positions" in info
     with pytest.raises(gr.Error, match="autoregressive"):
-        dt.friendly_errors(dt.pair_event)(ctx, session, ds, *SETTINGS, "tiny-bert")
+        friendly_errors(ev.pair_event)(ctx, session, ds, *SETTINGS, "tiny-bert", *AR[1:])
 
 
 def test_compare_on_the_capitals_set_and_an_upload(ctx, states, tmp_path):
+    from models.compare import CAPITALS_FILE
     from models.corpus import CAPITALS
-    from ui import diffusion_tab as dt
 
-    lines = dt.CAPITALS_FILE.read_text().splitlines()
+    lines = CAPITALS_FILE.read_text().splitlines()
     assert lines == [f"the capital of {c} is\t{k}" for c, k in CAPITALS.items()]
     session, ds = states
     few = tmp_path / "few.tsv"
     few.write_text("the capital of japan is\ttokyo\nthe capital of france is\tparis\n"
                    "the capital of peru is\tberlin\n")
-    summary, runs, bars, note = dt.compare_set_event(ctx, session, ds, *SETTINGS, "tiny-gpt2",
-                                                     str(few))
+    summary, runs, bars, note = ev.compare_set_event(ctx, session, ds, *SETTINGS, *AR, str(few),
+                                                     None, False)
     assert list(summary["paradigm"]) == ["diffusion", "autoregressive"]
     assert list(summary["scored"]) == [3, 3]
     assert len(runs) == 3 and "uploaded file" in note
@@ -208,29 +212,24 @@ def test_compare_on_the_capitals_set_and_an_upload(ctx, states, tmp_path):
 
 @pytest.mark.slow
 def test_compare_on_the_bundled_capitals(ctx, states):
-    from ui import diffusion_tab as dt
-
     session, ds = states
-    summary, runs, _bars, note = dt.compare_set_event(ctx, session, ds, *SETTINGS, "tiny-gpt2",
-                                                      None)
+    summary, runs, _bars, note = ev.compare_set_event(ctx, session, ds, *SETTINGS, *AR, None,
+                                                      None, False)
     assert len(runs) == 52 and "bundled capitals set" in note
     assert (summary["accuracy"] > 0.5).all()  # both embedded models learned the capitals
 
 
 def _step(ctx, ds, fn, *args):
-    from ui import diffusion_tab as dt
-
-    seq, cands, choices, info, rewind = getattr(dt, fn)(ctx, ds, *args)
+    seq, cands, choices, info, rewind = getattr(ev, fn)(ctx, ds, *args)
     return {"seq": seq, "cands": cands, "choices": choices, "info": info, "rewind": rewind}
 
 
 def test_interactive_events(ctx, states):
-    from ui import diffusion_tab as dt
-
     session, ds = states
     with pytest.raises(gr.Error, match="Initialise first"):
-        dt.friendly_errors(dt.step_forward_event)(ctx, ds, *PROCESSING)
-    out = _step(ctx, ds, "step_init_event", DIFF, PROMPT, 8, 4, 0, *PROCESSING, False)
+        friendly_errors(ev.step_forward_event)(ctx, ds, *PROCESSING)
+    out = _step(ctx, ds, "step_init_event", DIFF, PROMPT, 8, 4, 0, "none", *PROCESSING,
+                False)
     assert "Step 0" in out["info"] and "0 forward passes" in out["info"]
     assert "0 content tokens of 8 positions" in out["info"]
     assert "Forward pass" in out["cands"] and out["choices"].choices == []
@@ -265,30 +264,36 @@ def test_interactive_events(ctx, states):
     assert "Step 2" in out["info"] and out["rewind"].maximum == 2
     out = _step(ctx, ds, "step_rewind_event", 1)
     assert stepper.ids == ids_at_1 and stepper.step == 1 and "Rewound to step 1" in out["info"]
-    with pytest.raises(gr.Error, match="one token|Two tokens"):
-        dt.friendly_errors(dt.step_select_event)(ctx, ds, ["4:10", "4:11"])
+    # a user error in step mode leaves the controls usable: no error over the outputs, the
+    # message in the step information (and a toast), the state redrawn
+    with pytest.warns(UserWarning, match="Two tokens"):
+        out = _step(ctx, ds, "step_select_event", ["4:10", "4:11"])
+    assert "Two tokens are chosen for position 4" in out["info"] and stepper.step == 1
+    assert out["choices"].interactive and out["rewind"].interactive
     out = _step(ctx, ds, "step_finish_event", 2, "low_confidence")
     assert stepper.done and "0 of 8 masked" in out["info"] and "every position" in out["cands"].lower()
 
 
 def test_analyze_this_step_becomes_the_session_analysis(ctx, states):
-    from ui import diffusion_tab as dt
     from ui import layer_tab
 
     session, ds = states
-    _step(ctx, ds, "step_init_event", DIFF, PROMPT, 4, 0, 0, *PROCESSING, True)
+    _step(ctx, ds, "step_init_event", DIFF, PROMPT, 4, 0, 0, "none", *PROCESSING, True)
     _step(ctx, ds, "step_auto_event", [], 2, "low_confidence")
     _step(ctx, ds, "step_apply_event", [f"{p}:{t}" for p, t in ds.stepper.selection.items()], True)
     before = session.analysis_id
-    info = dt.step_analyze_event(ctx, session, ds)
-    assert "Analysed step 1" in info and "2 masked" in info
+    info = ev.step_analyze_event(ctx, session, ds)
+    assert "Analysed diffusion step 1 of at most 3" in info and "2 masked" in info
     assert session.analysis_id == before + 1
     result = session.analysis.results[0]
     assert result.name == DIFF and result.trace.token_ids == ds.stepper.ids
     assert result.trace.tokens.count("[MASK]") == 2
     # the Layer Analysis tab draws from it like from any analysis
     out = layer_tab.model_event(ctx, session, None, 1, 0)
-    assert out[0].value == DIFF and "layer 1" in out[3]
+    assert out[0].value == DIFF and out[2].value == 1
+    # ... and says it is a diffusion step, not the Overall prompt (its banner and the notice)
+    assert "diffusion step 1 of at most 3" in out[1].lower() and "not an analysis" in out[1]
+    assert "not an analysis of the Overall tab's prompt" in result.trace.notices[0]
     # and the Overall tab (whose ZIP button bundles session.analysis) shows the same analysis
     from ui import overall_tab
 
@@ -318,7 +323,7 @@ def test_full_generation_through_gradio_client(url):
     tokens1, caption1 = c.predict(1, api_name="/diffusion_step")
     assert "Step 1 / 4" in caption1 and tokens1.count("dtok masked") == 6
     # interactive: initialise (with a forward pass), auto-select 2, apply, rewind
-    init = c.predict(DIFF, PROMPT, 8, 0, 0, *PROCESSING, True, api_name="/step_init")
+    init = c.predict(DIFF, PROMPT, 8, 0, 0, "none", *PROCESSING, True, api_name="/step_init")
     assert "1 forward passes" in init[3]
     auto = c.predict([], 2, "low_confidence", api_name="/step_auto")
     chosen = auto[2]["value"] if isinstance(auto[2], dict) else auto[2]
@@ -337,12 +342,12 @@ def test_full_generation_through_gradio_client(url):
 
 
 def test_every_component_of_the_tab_has_an_elem_id():
-    from models.loading import CACHE
+    from models.loading import MODELS
     from ui.app import AppConfig, build_app
 
-    CACHE.clear()
+    MODELS.clear()
     demo = build_app(AppConfig())
-    assert CACHE.names() == []  # building the tab loads no model
+    assert MODELS.names() == []  # building the tab loads no model
     tab = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "tab-diffusion")
     missing, seen = [], 0
 

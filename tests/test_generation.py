@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from models.errors import UserError
+from models.common import UserError
 from models.generation import (
     PENDING,
     GenerationResult,
@@ -352,7 +352,7 @@ def test_json_has_design_keys(bert):
     assert list(js) == ["model", "paradigm", "prompt", "length", "positions", "steps",
                         "block_length", "strategy", "threshold", "nfe", "generated_tokens",
                         "seconds", "tokens_per_second", "peak_memory_mb", "peak_memory_note",
-                        "text", "trace"]
+                        "cache", "kv_refreshes", "early_stop", "stop_note", "text", "trace"]
     assert js["paradigm"] == "diffusion"
     t = js["trace"][0]
     assert {"step", "block", "committed", "tokens"} <= set(t)
@@ -453,7 +453,7 @@ def test_timed_run_is_not_profiled(bert):
 def test_peak_memory_leaves_a_running_profiler_alone(bert, monkeypatch):
     from torch.profiler import ProfilerActivity, profile
 
-    from models import generation
+    from models import measure
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         res = diffusion_generate(bert, PROMPT, 4, steps=2)
@@ -463,16 +463,16 @@ def test_peak_memory_leaves_a_running_profiler_alone(bert, monkeypatch):
     fast = diffusion_generate(bert, PROMPT, 4, steps=2).peak_memory_mb
 
     def missing(_run):
-        raise generation._NoPrivateProfiler("gone")
+        raise measure._NoPrivateProfiler("gone")
 
-    monkeypatch.setattr(generation, "_memory_only_profile", missing)
+    monkeypatch.setattr(measure, "_memory_only_profile", missing)
     assert diffusion_generate(bert, PROMPT, 4, steps=2).peak_memory_mb == fast > 0
 
 
 def test_peak_memory_on_cuda_is_the_allocator_high_water_mark(monkeypatch):
     """The CUDA branch (no GPU needed): reset, time one run, max_memory_allocated - start; no
     replay."""
-    from models import generation
+    from models import measure
 
     calls = []
     state = {"allocated": 300 * 2**20, "peak": 300 * 2**20}
@@ -487,8 +487,8 @@ def test_peak_memory_on_cuda_is_the_allocator_high_water_mark(monkeypatch):
         state["peak"] += 12 * 2**20  # the generation's high-water mark: 12 MiB on top
         return [1, 2, 3]
 
-    out, seconds, peak, note = generation._measured(torch.device("cuda"), run, True,
-                                                    lambda a, b: a == b)
+    out, seconds, peak, note = measure.measured(torch.device("cuda"), run, True,
+                                                lambda a, b: a == b)
     assert out == [1, 2, 3] and seconds > 0
     assert calls == ["sync", "reset", "run", "sync"]  # reset before, one timed run, no replay
     assert peak == 12.0 and "max_memory_allocated" in note
@@ -702,13 +702,16 @@ def test_export_zip(bert, gpt2, tmp_path):
     res = diffusion_generate(bert, PROMPT, 8, steps=4, block_length=4)
     out = export_zip(res, tmp_path / "sub" / "steps.zip")
     with zipfile.ZipFile(out) as zf:
-        assert sorted(zf.namelist()) == ["steps.gif", "trace.json", "viewer.html"]
+        assert sorted(zf.namelist()) == sorted(
+            ["steps.gif", "trace.json", "viewer.html",
+             *(f"frames/step_{i:03d}.png" for i in range(len(res.trace) + 1))])
+        assert zf.read("frames/step_000.png")[:8] == b"\x89PNG\r\n\x1a\n"
         html = zf.read("viewer.html").decode()
         gif = Image.open(io.BytesIO(zf.read("steps.gif")))
         assert gif.n_frames == len(res.trace) + 1
     assert "<script src" not in html.lower()
     assert "ArrowLeft" in html and 'type="range"' in html
-    assert not list((tmp_path / "sub").glob(".tmp-*"))
+    assert not list((tmp_path / "sub").glob(".*.tmp"))  # written through a temporary file
     # a prompt that tries to close the script element stays data
     evil = diffusion_generate(bert, "the cat </script><script>alert(1)</script>", 2)
     html = trace_html(evil)
@@ -716,3 +719,44 @@ def test_export_zip(bert, gpt2, tmp_path):
     ar = autoregressive_generate(gpt2, "the cat", 3, stop_at_eos=False)
     path = trace_gif(ar, tmp_path / "ar.gif")
     assert Image.open(path).n_frames == 4
+
+
+def test_compare_reports_agreement_with_the_uncached_one_token_per_step_answer(gpt2, bert):
+    from models.compare import Quality, agreement
+
+    prompts = [("the capital of japan is", "tokyo"), ("the cat sat on", None)]
+    out = compare(gpt2, bert, prompts, length=4, threshold=0.5, block_length=2, warmup=False,
+                  measure_memory=False, quality=Quality(fluency=gpt2))
+    for row in out["runs"]:
+        a = row["diffusion"]["agreement"]
+        assert a["reference"] == "uncached, one token per step"
+        ref = diffusion_generate(bert, row["prompt"], 4, steps=4, block_length=2,
+                                 measure_memory=False)
+        assert a["reference_text"] == ref.text
+        assert a["same_text"] == (row["diffusion"]["text"].split() == ref.text.split())
+        assert 0 <= a["token_agreement"] <= 1
+        assert row["autoregressive"]["agreement"] is None  # the AR side has nothing to agree with
+        assert row["diffusion"]["fluency_perplexity"] is None or \
+            row["diffusion"]["fluency_perplexity"] > 0
+    s = out["diffusion"]
+    assert s["agreement"] == sum(r["diffusion"]["agreement"]["same_text"]
+                                 for r in out["runs"]) / 2
+    assert out["settings"]["fluency_model"] == "test-gpt2"
+    assert "uncached one-token-per-step" in out["definitions"]["agreement"]
+    # one token per step itself agrees fully; and the agreement of a run with itself is 1
+    same = compare(gpt2, bert, prompts[:1], length=4, warmup=False, measure_memory=False)
+    assert same["diffusion"]["agreement"] == 1.0 and same["diffusion"]["token_agreement"] == 1.0
+    res = diffusion_generate(bert, PROMPT, 4, steps=4, measure_memory=False)
+    assert agreement(res, res, {3}) ["token_agreement"] == 1.0
+    off = compare(gpt2, bert, prompts[:1], length=4, warmup=False, measure_memory=False,
+                  reference=False)
+    assert off["diffusion"]["agreement"] is None
+
+
+def test_compare_gives_the_autoregressive_side_its_own_settings(scripted, ends):
+    out = compare(scripted, ends, [("the cat", "tokyo")], length=8, threshold=0.9,
+                  ar_length=2, ar_temperature=0.0, warmup=False, measure_memory=False)
+    ar = out["runs"][0]["autoregressive"]
+    assert ar["positions"] == 2 and ar["nfe"] == 2  # its own length: two tokens at most
+    assert out["runs"][0]["diffusion"]["positions"] == 8
+    assert out["settings"]["ar_length"] == 2

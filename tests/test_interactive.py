@@ -86,7 +86,7 @@ def test_manual_choice_and_combination_with_auto(model):
 
 
 def test_refuses_bad_choices(model):
-    from models.errors import UserError
+    from models.common import UserError
     from models.interactive import Settings
 
     s = stepper(model, length=8, block_length=4)
@@ -210,7 +210,7 @@ def test_analysis_prompt_round_trips(model):
 
 def test_trace_helpers(model):
     from models.generation import diffusion_generate
-    from models.interactive import decode_table, region_at
+    from models.trace import decode_table, region_at
 
     res = diffusion_generate(model, PROMPT, 6, steps=3)
     start = region_at(res, 0)
@@ -228,7 +228,7 @@ def test_trace_helpers(model):
 
 
 def test_content_tokens_and_the_end_in_step_mode(model):
-    from models.interactive import region_at
+    from models.trace import region_at
 
     sep = model.tokenizer.sep_token_id
     s = stepper(model, length=6)
@@ -253,7 +253,7 @@ def test_content_tokens_and_the_end_in_step_mode(model):
 
 def test_region_of_an_autoregressive_run_that_stopped(gpt2):
     from models.generation import autoregressive_generate
-    from models.interactive import region_at, shown_positions
+    from models.trace import region_at, shown_positions
 
     res = autoregressive_generate(gpt2, PROMPT, 40)
     n = len(res.trace)
@@ -264,3 +264,36 @@ def test_region_of_an_autoregressive_run_that_stopped(gpt2):
     assert all(c["end"] is None for c in final[:-1])
     mid = region_at(res, 2)
     assert len(mid) == n and [c["state"] for c in mid[:3]] == ["old", "new", "masked"]
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_step_mode_with_the_kv_cache_is_the_cached_sampler(model, cache):
+    """Stepping with the cache (auto-selecting one position per step) is the cached sampler,
+    token for token; the first pass in a block refreshes the cache, the later ones reuse it,
+    and a rewind brings back the cache that was in force then."""
+    from models.generation import diffusion_generate
+    from models.interactive import Stepper
+
+    if model.attention != "dashboard":
+        pytest.skip("the model runs its own attention: no cache")
+    s = Stepper(model, PROMPT, 8, 4, cache=cache)
+    events = []
+    for _ in range(8):
+        s.forward()
+        events.append(s.kv_event)
+        s.auto_select(1)
+        s.apply()
+    assert events == ["refreshed", "reused", "reused", "reused"] * 2
+    ref = diffusion_generate(model, PROMPT, 8, steps=8, block_length=4, cache=cache,
+                             measure_memory=False)
+    assert s.region == ref.token_ids
+    assert [r.kv_cache for r in s.records] == [r.kv_cache for r in ref.trace]
+    assert s.to_result().kv_refreshes == 2 and s.to_result().cache == cache
+    s.rewind(5)  # inside block 1: its cache (built at step 4) is in force again
+    assert s.passes.kv_block == 1 and s.passes.kv is s.history[4].kv
+    s.forward()
+    assert s.kv_event == "reused"
+    s.rewind(2)
+    assert s.passes.kv_block == 0
+    with pytest.raises(Exception, match="needs blocks"):
+        Stepper(model, PROMPT, 8, None, cache=cache)
