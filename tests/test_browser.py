@@ -138,12 +138,14 @@ def test_dashboard_end_to_end(page):
         assert "layer_metrics.csv" in z.namelist()
     shot(page, "overall")
 
-    # ---- Layer Analysis: drawn from the stored analysis, layer and head switch
+    # ---- Layer Analysis: drawn in the page from the stored analysis (tests/test_browser_layer.py
+    # drives every interaction); a layer and head switch through the boxes
     page.get_by_role("tab", name="Layer Analysis").click()
     expect(page.locator("#head-info")).to_contain_text("layer 1 / 3", timeout=TIMEOUT_MS)
-    for elem in ("attention-pattern", "head-grid", "entropy-heatmap", "induction-heatmap",
-                 "head-clusters", "head-attribution", "logit-lens"):
-        expect_drawn(page, elem)
+    page.locator("#attention-explorer .ae-root[data-ready='1']").wait_for()
+    for elem in ("head-maps", "prediction-views"):
+        page.locator(f"#{elem} .dv-root[data-ready='1']").wait_for()
+    expect(page.locator("#layer-source")).to_contain_text("the capital of japan is")
     # header + 3 layers x 4 heads
     expect(page.locator("#role-table [role=grid]")).to_have_attribute("aria-rowcount", "13")
     gif = page.locator("#layer-gif img").first
@@ -151,22 +153,18 @@ def test_dashboard_end_to_end(page):
     gif.scroll_into_view_if_needed()  # the <img> loads lazily: only when scrolled into view
     gif.wait_for(state="visible")
     assert ".gif" in (gif.get_attribute("src") or "")
-    before = plot_img(page, "attention-pattern").get_attribute("src")
-    grid_before = plot_img(page, "head-grid").get_attribute("src")
 
-    layer_box = page.locator("#layer-slider input[type=number]")
+    layer_box = page.locator("#layer-box input")
     layer_box.fill("2")
     layer_box.press("Enter")
     expect(page.locator("#head-info")).to_contain_text("layer 2 / 3")
-    expect(plot_img(page, "attention-pattern")).not_to_have_attribute("src", before)
-    expect(plot_img(page, "head-grid")).not_to_have_attribute("src", grid_before)
-    after_layer = plot_img(page, "attention-pattern").get_attribute("src")
-
-    head_box = page.locator("#head-slider input[type=number]")
+    head_box = page.locator("#head-box input")
     head_box.fill("3")
     head_box.press("Enter")
     expect(page.locator("#head-info")).to_contain_text("head 3 / 3")
-    expect(plot_img(page, "attention-pattern")).not_to_have_attribute("src", after_layer)
+    page.wait_for_function("document.querySelector('#attention-explorer .ae-root').dataset.head "
+                           "=== '3' && document.querySelector('#attention-explorer .ae-root')"
+                           ".dataset.layer === '2'")
     expect(page.locator("#head-info")).to_contain_text(re.compile(r"role: \w+"))
     shot(page, "layer_analysis")
 

@@ -278,3 +278,51 @@ def test_gradio_click_reaches_python_and_python_selects(page):
         shot(page, "gradio-head-view")
     finally:
         demo.close()
+
+
+def test_gradio_linked_payload_is_fetched_by_ranges(page, tmp_path):
+    """The app's way: a small JSON value and the streams in a file Gradio serves (a copy in
+    its cache, as for any file output), read with range requests, the shown layer (here layer
+    3 of 4) first."""
+    import gradio as gr
+
+    from ui import explorer
+
+    a = attention(4, 3, 40, causal=True, seed=5)
+    payload = explorer.pack_attention(a, [WORDS[i % len(WORDS)] for i in range(40)], True,
+                                      title="linked")
+    path = payload.write_binary(tmp_path / "attention.bin")
+    values = []
+    with gr.Blocks() as demo:
+        load = gr.Button("Load", elem_id="load")
+        ex = explorer.build()
+        load.click(lambda: explorer.payload_update(values[0], 3, 1), None, ex.html)
+    values.append(payload.linked_json(explorer.gradio_file_url(
+        ex.html.move_resource_to_block_cache(path))))
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+                ssr_mode=False, quiet=True)
+    try:
+        ranges = []
+        page.on("request", lambda r: ranges.append(r.headers.get("range"))
+                if "attention.bin" in r.url else None)
+        page.goto(demo.local_url)
+        page.locator("#attention-explorer .ae-root").wait_for()
+        page.locator("#load").click()
+        page.locator("#attention-explorer .ae-root[data-ready='1']").wait_for()
+        assert title(page) == "layer 3 / 4 · head 1 / 2"
+        page.locator("#attention-explorer .ae-root[data-decoded='all']").wait_for()
+        starts = sorted(int(r.split("=")[1].split("-")[0]) for r in ranges if r)
+        assert starts[0] == 0 and len(ranges) == 4  # scales, layer 3, then layers 1-2 and 4
+        # every layer decoded from the file shows the array's weights
+        main = page.locator("#attention-explorer .ae-hm-main")
+        box = main.bounding_box()
+        z = page.evaluate("document.querySelector('#attention-explorer .ae-mount')"
+                          ".__attentionExplorer.zoom.z")
+        for layer in (3, 1, 4):
+            page.locator("select.ae-layer").select_option(str(layer))
+            page.mouse.move(box["x"] + (7 + 0.5) * z, box["y"] + (20 + 0.5) * z)
+            text = page.locator(".ae-tooltip").inner_text()
+            weight = float(text.rsplit("weight", 1)[1])
+            assert abs(weight - a[layer - 1, 1, 20, 7]) <= tolerance(a[layer - 1, 1, 20].max())
+    finally:
+        demo.close()

@@ -184,3 +184,31 @@ def test_selected_reads_the_select_event():
         explorer.selected(SelectData(None, {"index": None, "value": None}))
     with pytest.raises(UserError):
         explorer.selected(SelectData(None, {"index": [0, 1], "value": ""}))
+
+
+def test_linked_payload_is_a_small_json_and_one_binary_file(tmp_path):
+    """In the app the JSON value carries no streams: the page fetches them from one file,
+    scales first, then each layer's codes (`layer_bytes` long each), `compressed_bytes` in all."""
+    a = softmax_attention(3, 2, 30, True)
+    p = pack_attention(a, tokens(30), True, title="m")
+    path = p.write_binary(tmp_path / "att.bin")
+    blob = path.read_bytes()
+    assert len(blob) == p.compressed_bytes == len(p.scales) + sum(p.layer_bytes)
+    assert blob[:len(p.scales)] == p.scales and blob[len(p.scales):] == p.codes
+    url = explorer.gradio_file_url(path)
+    assert url.startswith("/gradio_api/file=/") and url.endswith("att.bin")
+    linked = json.loads(p.linked_json(url))
+    assert linked["url"] == url and "codes" not in linked and "scales" not in linked
+    assert linked["scales_bytes"] == len(p.scales) and linked["layer_bytes"] == p.layer_bytes
+    assert len(p.linked_json(url)) < len(p.to_json()) / 3
+    # the streams read back from the file decode to what the inline payload gives
+    back = AttentionPayload.from_json({**linked, "scales": "", "codes": ""})
+    back = AttentionPayload(**{**back.__dict__, "scales": blob[:linked["scales_bytes"]],
+                               "codes": blob[linked["scales_bytes"]:]})
+    assert np.array_equal(unpack_attention(back), unpack_attention(p))
+
+
+def test_a_message_instead_of_attention():
+    d = json.loads(explorer.message_json("too large <to show>"))
+    assert d == {"format": "attention-explorer", "version": 1, "message": "too large <to show>"}
+    assert "<" not in explorer.message_json("<x>")

@@ -17,8 +17,10 @@ import time
 import zipfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 
 from analysis import attention as att_mod
@@ -280,7 +282,7 @@ def test_no_prediction_figure_is_a_message(analysis):
     fig = figs.token_attribution(bert)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "no prediction to attribute" in texts
-    figs.plt.close(fig)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,25 +441,18 @@ def test_every_standard_figure_draws_and_is_released(tmp_path, monkeypatch):
     """Every standard figure draws; writing them (render_pngs) leaves none alive: the figures
     are plain Figure objects that no registry keeps, so in a server they never pile up."""
     import gc
-    import weakref
 
     a = _fake_analysis()
-    made = []
-    real = figs._figure
-
-    def tracked(*args, **kwargs):
-        fig = real(*args, **kwargs)
-        made.append(weakref.ref(fig))
-        return fig
-
-    monkeypatch.setattr(figs, "_figure", tracked)
+    gc.collect()
+    before = {id(o) for o in gc.get_objects() if isinstance(o, Figure)}
     pngs = figs.render_pngs(a, tmp_path)
     gc.collect()
-    assert len(made) >= len(pngs) == 11 and all(ref() is None for ref in made)
-    assert figs.plt.get_fignums() == []  # and nothing went through pyplot's figure manager
+    alive = [o for o in gc.get_objects() if isinstance(o, Figure) and id(o) not in before]
+    assert len(pngs) == 11 and alive == []
+    assert plt.get_fignums() == []  # and nothing went through pyplot's figure manager
     specs = figs.standard_figures(a)
     assert [s.name for s in specs] == (["layer_metric_curves"]
-                                       + [f"org_fake_model_{f}" for f in [
+                                       + [f"org-fake-model_{f}" for f in [
                                            "normalised_metric_heatmap",
                                            "metric_correlation_heatmap",
                                            "attention_entropy_heatmap", "induction_heatmap",
@@ -466,7 +461,7 @@ def test_every_standard_figure_draws_and_is_released(tmp_path, monkeypatch):
                                            "logit_lens"]])
     for spec in specs:
         fig = spec.make()
-        assert isinstance(fig, figs.Figure) and fig.axes, spec.name
+        assert isinstance(fig, Figure) and fig.axes, spec.name
         assert spec.caption and spec.title
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
@@ -538,9 +533,9 @@ def test_layer_transition_gif(tmp_path):
 
 def test_file_safe_names_are_unique():
     a = Analysis(prompts=["p"], results=[fake_result(name="a/b"), fake_result(name="a_b")])
-    assert figs.model_file_names(a) == {"a/b": "a_b", "a_b": "a_b_2"}
-    assert figs.file_safe("TinyLlama/TinyLlama-1.1B-Chat-v1.0") == \
-        "TinyLlama_TinyLlama-1.1B-Chat-v1.0"
+    assert figs.model_file_names(a) == {"a/b": "a-b", "a_b": "a_b"}
+    b = Analysis(prompts=["p"], results=[fake_result(name="a/b"), fake_result(name="a:b")])
+    assert figs.model_file_names(b) == {"a/b": "a-b", "a:b": "a-b_2"}  # one name, made unique
 
 
 def test_session_log_html_escapes_and_lists_every_entry():
@@ -586,47 +581,4 @@ def test_head_grid_is_every_heads_pattern_tiled_in_one_image():
     assert [x for x in texts if x.startswith("head ")] == [f"head {h}" for h in range(5)]
     labels = [figs.token_label(s) for s in r.trace.tokens]
     assert texts[5:] == labels * 2 + labels * 3  # token labels: 2 panel rows, 3 panel columns
-    figs.plt.close(fig)
-
-
-def _pixels(fig) -> np.ndarray:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return np.asarray(Image.open(buf))
-
-
-def test_kept_pattern_and_grid_redraw_to_the_same_pixels_as_a_fresh_build():
-    """A layer or head switch redraws the figure kept in `keep` with new data: the same Figure
-    object, and pixel for pixel what building it anew gives (colour range, title, texts), both
-    through `kept_png` (only the changed parts drawn over a kept background) and savefig."""
-    r = fake_result(n_tokens=9, n_layers=11, n_heads=4)
-    r.trace.attentions[4] *= 0.5  # a layer whose colour range ends lower
-    keep: dict = {}
-    first_pattern = figs.attention_pattern(r, 1, 0, keep=keep)
-    first_grid = figs.head_grid(r, 1, keep=keep)
-    for layer, head in [(1, 0), (2, 3), (5, 1), (11, 2), (10, 0), (1, 0)]:
-        for kept, fresh, first in (
-                (figs.attention_pattern(r, layer, head, keep=keep),
-                 figs.attention_pattern(r, layer, head), first_pattern),
-                (figs.head_grid(r, layer, keep=keep), figs.head_grid(r, layer), first_grid)):
-            assert kept is first
-            want = _pixels(fresh)
-            blitted = np.asarray(Image.open(io.BytesIO(figs.kept_png(kept))))
-            assert np.array_equal(blitted, want), (layer, head)
-            assert np.array_equal(_pixels(kept), want), (layer, head)
-            figs.plt.close(fresh)
-    assert len(keep) == 2
-
-
-def test_kept_figure_is_rebuilt_when_the_title_wraps_differently():
-    keep: dict = {}
-    short = fake_result(n_tokens=6, name="m")
-    long = fake_result(n_tokens=6, name="a-model-name-long-enough-to-wrap " * 4)
-    first = figs.attention_pattern(short, 1, 0, keep=keep)
-    other = figs.attention_pattern(long, 1, 0, keep=keep)  # same tokens and shape: same key
-    assert other is not first and len(keep) == 1
-    assert other.axes[0].get_title().count("\n") > first.axes[0].get_title().count("\n")
-    fresh = figs.attention_pattern(long, 1, 0)
-    assert np.array_equal(_pixels(other), _pixels(fresh))
-    for f in (first, other, fresh):
-        figs.plt.close(f)
+    plt.close(fig)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EMBEDDED, ROOT, have
+from tests.conftest import EMBEDDED, ROOT, have, page_analyze
 
 pytestmark = pytest.mark.skipif(not have("tiny-gpt2"), reason="embedded tiny-gpt2 missing")
 
@@ -49,7 +49,9 @@ def test_share_refuses_custom_models_and_never_enables_remote_code():
     demo = build_app(shared)
     assert not any(getattr(b, "elem_id", None) == "custom-model" for b in demo.blocks.values())
     params = api_parameters(demo)
-    assert [p.split()[0] for p in params["/analyze"]] == ["models", "prompt"]
+    assert [p.split()[0] for p in params["/analyze"]] == ["models", "prompt", "chat_template",
+                                                          "head_ablation", "top_k"]
+    assert "/page_analyze" not in params  # the page's own events are not the public API
     everything = json.dumps(params).lower()
     for word in ("trust", "remote", "pickle"):
         assert word not in everything, word  # no page or API input can set these
@@ -142,8 +144,8 @@ def test_no_path_on_the_machine_is_reachable_except_ones_own_bundle(served, tmp_
     base = served.local_url.rstrip("/")
     a = Client(served.local_url, verbose=False, download_files=False)
     b = Client(served.local_url, verbose=False, download_files=False)
-    a.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
-    file, _log = a.predict(api_name="/bundle")
+    page_analyze(a, ["tiny-gpt2"], "the capital of japan is")
+    file, _log = a.predict(api_name="/page_bundle")
     value = file["value"] if isinstance(file, dict) and "value" in file else file
     served_path = value["path"] if isinstance(value, dict) else value
     own = session_of(served, a)
@@ -159,7 +161,7 @@ def test_no_path_on_the_machine_is_reachable_except_ones_own_bundle(served, tmp_
 
     # B: no analysis, so no bundle; it cannot ask for A's
     with pytest.raises(AppError, match="Run an analysis first"):
-        b.predict(api_name="/bundle")
+        b.predict(api_name="/page_bundle")
     repo_file = ROOT / "dashboard.py"
     crafted = [
         "/gradio_api/file=/etc/passwd",
@@ -197,7 +199,7 @@ def test_no_path_on_the_machine_is_reachable_except_ones_own_bundle(served, tmp_
     del own
     assert a.predict(api_name="/new_session") == ()
     with pytest.raises(AppError, match="Run an analysis first"):
-        a.predict(api_name="/bundle")
+        a.predict(api_name="/page_bundle")
     deadline = time.time() + 20
     while folder.exists() and time.time() < deadline:
         gc.collect()
@@ -215,7 +217,7 @@ def test_each_client_downloads_only_its_own_bundle(served, tmp_path):
                for i in range(3)]
     prompts = ["the capital of japan is", "the capital of peru is", "red ball moon tree red ball"]
     for c, p in zip(clients, prompts, strict=True):
-        c.predict(["tiny-gpt2"], p, api_name="/analyze")
+        page_analyze(c, ["tiny-gpt2"], p)
     for c, p in zip(clients, prompts, strict=True):
         manifest = json.loads(bundle_of(c).read("manifest.json"))
         assert manifest["prompts"] == [p]
@@ -292,7 +294,7 @@ def test_the_command_line_flag_is_the_only_way_to_pickle(evil_folders, capsys):
 # ----------------------------------------------------------------------------- limits
 
 
-def test_a_prompt_over_max_prompt_tokens_is_truncated_with_a_visible_notice():
+def test_a_prompt_over_max_prompt_tokens_is_fitted_with_a_visible_notice():
     from ui import overall_tab
     from ui.app import AppConfig, make_context
     from ui.state import Session
@@ -303,7 +305,8 @@ def test_a_prompt_over_max_prompt_tokens_is_truncated_with_a_visible_notice():
     out = dict(zip(overall_tab.output_names(ctx.config.max_models_per_analysis),
                    overall_tab.analyze_event(ctx, session, ["tiny-gpt2"], None, prompt),
                    strict=True))
-    assert "only the first 8 were analysed" in out["notices"]
+    # a causal model keeps the end of the prompt: its next token follows the last one typed
+    assert "tokens 22..29" in out["notices"] and "were analysed" in out["notices"]
     assert "--max-prompt-tokens" in out["notices"]
     assert session.analysis.results[0].trace.n_tokens == 8
 

@@ -33,10 +33,16 @@ sent; `AttentionPayload.sizes` states it.
 
 The Gradio side (`build`): a ``gr.HTML`` whose ``head`` carries the script and style (loaded
 once per page, no app-level ``head=``/``js=`` needed) and whose ``js_on_load`` mounts the
-explorer. Its value is the payload JSON; a click on a head (or a keyboard / selector switch)
-fires the component's ``select`` event with ``SelectData.index == [layer, head]``; a selection
-made in Python reaches the page with `selection_update` (a prop change: the data is not sent
-again). Layers count from 1 (0 would be the embeddings, which have no attention), heads from 0.
+explorer. Its value is the payload JSON. In the app the streams are not inside it: the Layer tab
+writes them once as a file in the session folder (`AttentionPayload.write_binary`, served by
+Gradio's file route through `allowed_paths`) and sends `linked_json` (tokens and sizes, a few kB);
+the page reads the file with HTTP range requests, the scales and the shown layer first, the
+other layers behind them (no base64: a third less to move and nothing to parse). A click on a
+head (or a keyboard / selector switch) fires the component's ``select`` event with
+``SelectData.index == [layer, head]`` and tells the page's other views at once (a selection
+bus in the page, shared with ui/static/views.js); a selection made in Python reaches the page
+with `selection_update` (a prop change: the data is not sent again). Layers count from 1 (0
+would be the embeddings, which have no attention), heads from 0.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.errors import UserError
+from models.common import UserError
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -100,21 +106,35 @@ class AttentionPayload:
     def compressed_bytes(self) -> int:
         return len(self.codes) + len(self.scales)
 
-    def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "title": self.title,
+    def to_dict(self, inline: bool = True) -> dict:
+        """The JSON object the browser reads. `inline`: the streams base64-encoded inside it;
+        otherwise only what describes them (`linked_json` adds where to fetch them)."""
+        meta = {"format": FORMAT, "version": VERSION, "title": self.title,
                 "n_layers": self.n_layers, "n_heads": self.n_heads, "n_tokens": self.n_tokens,
                 "first_layer": self.first_layer, "causal": self.causal, "tokens": list(self.tokens),
                 "gamma": self.gamma, "levels": self.levels, "compression": "deflate",
                 "layout": "lower" if self.causal else "full",
                 "raw_bytes": self.raw_bytes, "compressed_bytes": self.compressed_bytes,
-                "layer_bytes": list(self.layer_bytes),
-                "scales": base64.b64encode(self.scales).decode("ascii"),
-                "codes": base64.b64encode(self.codes).decode("ascii")}
+                "layer_bytes": list(self.layer_bytes), "scales_bytes": len(self.scales)}
+        if inline:
+            meta["scales"] = base64.b64encode(self.scales).decode("ascii")
+            meta["codes"] = base64.b64encode(self.codes).decode("ascii")
+        return meta
 
     def to_json(self) -> str:
-        # "<" escaped: the JSON can sit inside a <script> element and never trips gr.HTML's
-        # script-tag warning, whatever the tokens say
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+        return _dumps(self.to_dict())
+
+    def linked_json(self, url: str) -> str:
+        """The JSON without the streams, which the browser fetches from `url` as one binary
+        file (`write_binary`): scales then the layers' codes, exactly `compressed_bytes`."""
+        return _dumps({**self.to_dict(inline=False), "url": url})
+
+    def write_binary(self, path: str | Path) -> Path:
+        """The compressed streams as one file (scales, then every layer's codes), written
+        atomically: what `linked_json`'s URL serves."""
+        from models.common import atomic_write
+
+        return atomic_write(path, self.scales + self.codes)
 
     @classmethod
     def from_json(cls, data: str | dict) -> AttentionPayload:
@@ -131,6 +151,19 @@ class AttentionPayload:
         """Bytes: before compression, compressed, and the JSON actually sent."""
         return {"raw": self.raw_bytes, "compressed": self.compressed_bytes,
                 "json": len(self.to_json().encode("utf-8"))}
+
+
+def _dumps(obj: dict) -> str:
+    # "<" escaped: the JSON can sit inside a <script> element and never trips gr.HTML's
+    # script-tag warning, whatever the tokens say
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def gradio_file_url(path: str | Path) -> str:
+    """The URL (relative to the Gradio app's root) of a file in the app's `allowed_paths`."""
+    from urllib.parse import quote
+
+    return "/gradio_api/file=" + quote(str(Path(path).resolve()))
 
 
 def _cells(n_tokens: int, causal: bool) -> int:
@@ -291,12 +324,18 @@ def build(elem_id: str = ELEM_ID, **kwargs) -> Explorer:
     return Explorer(html)
 
 
-def payload_update(payload: AttentionPayload | None, layer: int = 1, head: int = 0):
-    """What an event returns to the explorer when a new analysis (or model) is shown."""
+def payload_update(payload: AttentionPayload | str | None, layer: int = 1, head: int = 0):
+    """What an event returns to the explorer when a new analysis (or model) is shown: the
+    payload, or its JSON as given (e.g. `linked_json`, whose streams the page fetches)."""
     import gradio as gr
 
-    return gr.HTML(value=None if payload is None else payload.to_json(),
-                   selection=[int(layer), int(head)])
+    value = payload.to_json() if isinstance(payload, AttentionPayload) else payload
+    return gr.HTML(value=value, selection=[int(layer), int(head)])
+
+
+def message_json(text: str) -> str:
+    """A value that shows `text` in the explorer instead of attention (e.g. why there is none)."""
+    return _dumps({"format": FORMAT, "version": VERSION, "message": str(text)})
 
 
 def selection_update(layer: int, head: int):

@@ -1,10 +1,17 @@
-"""Per-session state: one browser tab's analysis, its bundle, its figure cache and its log.
+"""Per-session state: one browser tab's analysis, its files, its figure cache and its log.
 
 Gradio keeps one `Session` per browser session inside a `gr.State` (created by calling
 `Session` when the page loads). Nothing here is global: two users never see each other's
-results, and a download only ever returns the file this session wrote into its own directory,
-a fresh `tempfile.mkdtemp` whose name carries `secrets.token_hex` and which is removed when the
-session ends.
+results, and a download only ever returns the file this session wrote into its own directory.
+
+Files: every session writes into its own folder under `assets/sessions/` (`SESSIONS_ROOT`),
+made on first use with an unguessable name (`secrets.token_hex`) and removed when the session
+ends or its state expires (the app's session TTL); `sweep_sessions` removes folders a stopped
+server left behind. Bundles, GIFs, run exports, the attention explorer's data and the arrays of
+an opened bundle land there. Nothing is served from it directly: what the page shows or
+downloads is copied into Gradio's own cache (as Gradio does for every file output; it only
+copies from the working directory, the temporary folder or `allowed_paths`, so when the
+dashboard runs from elsewhere the session folders go to `<temp>/dashboard-sessions`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -31,7 +39,40 @@ from models.common import UserError
 log = logging.getLogger(__name__)
 
 SESSION_DIR_PREFIX = "dashboard-session-"
+SESSIONS_ROOT = Path(__file__).resolve().parents[1] / "assets" / "sessions"
 MAX_CACHED_FIGURES = 400  # encoded PNGs (tens of kB each) kept per session
+
+
+def sessions_root() -> Path:
+    """The folder that holds every session's folder: `SESSIONS_ROOT` (assets/sessions) when the
+    dashboard runs from its own folder, else `<temp>/dashboard-sessions` (Gradio copies a file
+    output into its cache only from the working directory or the temporary folder)."""
+    tmp = Path(tempfile.gettempdir()) / "dashboard-sessions"
+    inside = SESSIONS_ROOT.resolve().is_relative_to(Path.cwd().resolve())
+    for root in ((SESSIONS_ROOT, tmp) if inside else (tmp,)):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if os.access(root, os.W_OK):
+                return root
+        except OSError:
+            continue
+    raise UserError(f"Cannot write session files under {SESSIONS_ROOT} nor {tmp}.")
+
+
+def sweep_sessions(older_than_s: float) -> int:
+    """Remove session folders whose newest file is older than `older_than_s` (left by a
+    server that stopped before its sessions expired); returns how many were removed."""
+    root, now, removed = sessions_root(), time.time(), 0
+    for folder in root.glob(f"{SESSION_DIR_PREFIX}*"):
+        try:
+            newest = max([folder.stat().st_mtime]
+                         + [p.stat().st_mtime for p in folder.rglob("*")])
+        except OSError:
+            continue
+        if now - newest > older_than_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 @dataclass
@@ -40,22 +81,26 @@ class Session:
     analysis_id: int = 0  # bumped on every analysis; keys the figure cache and the bundle
     bundle_path: Path | None = None
     bundle_for: int = -1  # analysis_id the bundle was written for
-    gif_paths: dict = field(default_factory=dict)  # (analysis_id, model) -> Path
+    files: dict = field(default_factory=dict)  # (analysis_id, kind, model) -> Path (GIFs, ...)
+    selection: dict = field(default_factory=dict)  # model -> (layer, head) shown in Layer Analysis
+    dataset_cancel: bool = False  # the dataset run stops before its next batch when set
+    layer_shown: int = -1  # the analysis_id the Layer Analysis tab shows
     log: list[dict] = field(default_factory=list)
     # the greedy continuations of the current analysis (model -> text; None: not causal), asked
     # for after it is shown, and the analysis_id they belong to
     continuations: dict = field(default_factory=dict)
     continuations_for: int = -1
     figures: dict = field(default_factory=dict)  # (analysis_id, kind, ...) -> encoded plot
-    kept: dict = field(default_factory=dict)  # matplotlib figures redrawn by layer/head switches
     directory: Path | None = None  # created on first use
 
     # ------------------------------------------------------------------ files
 
     def folder(self) -> Path:
-        """This session's private directory (created on first use, unguessable name)."""
+        """This session's private directory under `sessions_root()` (created on first use,
+        unguessable name)."""
         if self.directory is None or not self.directory.is_dir():
-            self.directory = Path(tempfile.mkdtemp(prefix=f"{SESSION_DIR_PREFIX}{secrets.token_hex(16)}-"))
+            self.directory = Path(tempfile.mkdtemp(
+                prefix=f"{SESSION_DIR_PREFIX}{secrets.token_hex(16)}-", dir=sessions_root()))
             # also removed when the Session is dropped without `cleanup` (its state overwritten by
             # the page-load event, which API clients can call, or evicted by Gradio's capacity)
             weakref.finalize(self, shutil.rmtree, str(self.directory), True)
@@ -74,14 +119,14 @@ class Session:
     # ------------------------------------------------------------------ analysis
 
     def set_analysis(self, analysis: Analysis) -> None:
-        """A new analysis replaces the old one; its figures, GIFs and bundle are dropped."""
+        """A new analysis replaces the old one; its figures, files and bundle are dropped."""
         self.analysis = analysis
         self.analysis_id += 1
         self.figures.clear()
-        self.kept.clear()
-        for p in list(self.gif_paths.values()) + ([self.bundle_path] if self.bundle_path else []):
+        self.selection.clear()
+        for p in list(self.files.values()) + ([self.bundle_path] if self.bundle_path else []):
             _unlink(p)
-        self.gif_paths.clear()
+        self.files.clear()
         self.bundle_path = None
         self.bundle_for = -1
         self.continuations, self.continuations_for = {}, -1
@@ -93,22 +138,12 @@ class Session:
 
     # ------------------------------------------------------------------ figure cache
 
-    def plot(self, key: tuple, make: Callable[[], Any], kept: bool = False) -> Any:
-        """The encoded plot for `key` in the current analysis, drawn by `make()` only once.
-
-        `kept`: `make()` returns a figure kept in `self.kept` to be redrawn with other data
-        (reports.figures `keep=`): it is built or updated and drawn (`kept_png`: only what
-        changed) under one hold of the figure lock, and not closed."""
+    def plot(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """The encoded plot for `key` in the current analysis, drawn by `make()` only once."""
         full = (self.analysis_id, *key)
         hit = self.figures.get(full)
         if hit is None:
-            if kept:
-                from reports.figures import FIGURE_LOCK
-
-                with FIGURE_LOCK:  # another thread may update the kept figure once released
-                    hit = encode_kept(make())
-            else:
-                hit = encode_figure(make())
+            hit = encode_figure(make())
             if len(self.figures) >= MAX_CACHED_FIGURES:
                 try:
                     self.figures.pop(next(iter(self.figures)), None)
@@ -135,32 +170,18 @@ class Session:
 
 
 def encode_figure(fig) -> Any:
-    """A matplotlib Figure -> the PNG payload gr.Plot sends (so it can be cached and reused)."""
+    """A matplotlib Figure -> the PNG payload gr.Plot sends (so it can be cached and reused).
+    No lock: figures are separate objects and matplotlib keeps its fonts per thread (building
+    them holds reports.figures' style lock, drawing needs none)."""
     from gradio.components.plot import PlotData
     from gradio.processing_utils import encode_plot_to_base64
 
-    from reports.figures import FIGURE_LOCK
-
     try:
-        with FIGURE_LOCK:  # one figure drawn at a time (matplotlib's font objects are shared)
-            return PlotData(type="matplotlib", plot=encode_plot_to_base64(fig, "png"))
+        return PlotData(type="matplotlib", plot=encode_plot_to_base64(fig, "png"))
     finally:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-
-
-def encode_kept(fig) -> Any:
-    """The gr.Plot payload of a figure kept for redrawing (reports.figures.kept_png: only the
-    changed parts drawn; the same PNG as `encode_figure`); the figure stays open."""
-    import base64
-
-    from gradio.components.plot import PlotData
-
-    from reports.figures import kept_png
-
-    return PlotData(type="matplotlib",
-                    plot="data:image/png;base64," + base64.b64encode(kept_png(fig)).decode())
 
 
 def cleanup(session: Session | None) -> None:
@@ -187,8 +208,12 @@ def new_state(time_to_live: float | None = None) -> gr.State:
 
     `time_to_live` (seconds after the session's state was last written, i.e. its last analysis
     or bundle): then the Session is dropped and `cleanup` removes its directory. Without it a
-    session that never closes its page (an API client) would keep its results for good.
+    session that never closes its page (an API client) would keep its results for good. With
+    it, session folders a stopped server left behind (older than twice the TTL, at least a
+    day) are swept now.
     """
+    if time_to_live:
+        sweep_sessions(max(2 * float(time_to_live), 86400.0))
     return gr.State(new_session, delete_callback=cleanup, time_to_live=time_to_live)
 
 

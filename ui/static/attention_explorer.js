@@ -103,7 +103,10 @@
   // Resolves once the layer `firstLayer` (a layer number) is inflated; the other layers follow
   // in the background, in the order first, first + 1, ... (wrapping). data.ready[l] says which
   // are in; data.onLayer(l) is called as each arrives; data.complete resolves when all are.
-  function decode(payload, firstLayer) {
+  // The streams come inline (base64 in the JSON) or from `payload.url`: a binary file of the
+  // scales then every layer's codes, read with HTTP range requests, the scales and the shown
+  // layer first (a few hundred kB at 512 tokens), the rest in one request behind them.
+  function decode(payload, firstLayer, stale) {
     try {
       if (typeof payload === "string") payload = JSON.parse(payload);
       if (!payload || payload.format !== FORMAT)
@@ -111,11 +114,63 @@
       if (payload.version !== VERSION)
         throw new Error("payload version " + payload.version + " (this page reads " + VERSION + ")");
     } catch (e) { return Promise.reject(e); }
-    var all = base64ToBytes(payload.codes), sizes = payload.layer_bytes, L = payload.n_layers;
-    var offsets = [0];
-    for (var l = 0; l < L; l++) offsets.push(offsets[l] + sizes[l]);
+    var L = payload.n_layers, offsets = [0];
+    for (var l = 0; l < L; l++) offsets.push(offsets[l] + payload.layer_bytes[l]);
+    var fl = payload.first_layer == null ? 1 : payload.first_layer;
+    var first = clamp(((firstLayer == null ? fl : firstLayer) - fl) | 0, 0, L - 1);
+    if (payload.url && !payload.codes) {
+      var n = payload.scales_bytes, end = n + offsets[L];
+      if (end !== payload.compressed_bytes) return Promise.reject(new Error("payload sizes do not add up"));
+      var rest = null;   // the other layers: [n, n + offsets[first]) and [n + offsets[first + 1], end)
+      var layerBytes = function (l) {
+        if (l === first) return fetchBytes(payload.url, n + offsets[l], n + offsets[l + 1]);
+        if (!rest) rest = Promise.all([fetchBytes(payload.url, n, n + offsets[first]),
+                                       fetchBytes(payload.url, n + offsets[first + 1], end)]);
+        return rest.then(function (parts) {
+          return l < first ? parts[0].subarray(offsets[l], offsets[l + 1])
+                           : parts[1].subarray(offsets[l] - offsets[first + 1], offsets[l + 1] - offsets[first + 1]);
+        });
+      };
+      // the scales and the shown layer at once: one request when they are adjacent (layer 1)
+      var head = first === 0 ? fetchBytes(payload.url, 0, n + offsets[1]).then(function (u) {
+        return [u.subarray(0, n), u.subarray(n)];
+      }) : Promise.all([fetchBytes(payload.url, 0, n), layerBytes(first)]);
+      return head.then(function (parts) {
+        var shown = parts[1];
+        return decodeStreams(payload, parts[0], function (l) {
+          return l === first ? Promise.resolve(shown) : layerBytes(l);
+        }, first, stale);
+      });
+    }
+    var all = base64ToBytes(payload.codes);
     if (offsets[L] !== all.length) return Promise.reject(new Error("payload layer sizes do not add up"));
-    return inflate(base64ToBytes(payload.scales), payload.compression).then(function (sb) {
+    return decodeStreams(payload, base64ToBytes(payload.scales), function (l) {
+      return Promise.resolve(all.subarray(offsets[l], offsets[l + 1]));
+    }, first, stale);
+  }
+
+  // bytes [start, end) of a file the server gave: "/gradio_api/file=..." is relative to the
+  // Gradio app's root
+  function fetchBytes(url, start, end) {
+    if (end <= start) return Promise.resolve(new Uint8Array(0));
+    if (url.charAt(0) === "/" && global.gradio_config && global.gradio_config.root)
+      url = String(global.gradio_config.root).replace(/\/+$/, "") + url;
+    var init = {credentials: "same-origin", headers: {Range: "bytes=" + start + "-" + (end - 1)}};
+    return fetch(url, init).then(function (r) {
+      if (!r.ok) throw new Error("cannot fetch the attention (HTTP " + r.status + "): run the analysis again");
+      return r.arrayBuffer();
+    }).then(function (buf) {
+      var u = new Uint8Array(buf);
+      if (u.length === end - start) return u;
+      if (u.length >= end) return u.subarray(start, end);   // a server that sent the whole file
+      throw new Error("the attention file is shorter than its description: run the analysis again");
+    });
+  }
+
+  // `stale()`: true once a newer payload replaced this one (its other layers are then skipped)
+  function decodeStreams(payload, scalesZ, layerBytes, first, stale) {
+    var L = payload.n_layers;
+    return inflate(scalesZ, payload.compression).then(function (sb) {
       var scales = (sb.byteOffset % 4 === 0) ? new Float32Array(sb.buffer, sb.byteOffset, sb.byteLength / 4)
                                               : new Float32Array(sb.slice().buffer);
       var N = payload.n_tokens, cells = payload.causal ? N * (N + 1) / 2 : N * N, per = payload.n_heads * cells;
@@ -123,17 +178,18 @@
       data.ready = new Uint8Array(L);
       data.onLayer = null;
       var load = function (l) {
-        return inflate(all.subarray(offsets[l], offsets[l + 1]), payload.compression).then(function (u) {
+        return layerBytes(l).then(function (z) { return inflate(z, payload.compression); }).then(function (u) {
           if (u.length !== per) throw new Error("layer " + l + " has " + u.length + " codes, not " + per);
           data.codes.set(u, l * per);
           data.ready[l] = 1;
           if (data.onLayer) data.onLayer(l);
         });
       };
-      var first = clamp(((firstLayer == null ? data.firstLayer : firstLayer) - data.firstLayer) | 0, 0, L - 1);
       return load(first).then(function () {
         var chain = Promise.resolve();
-        for (var i = 1; i < L; i++) (function (l) { chain = chain.then(function () { return load(l); }); })((first + i) % L);
+        for (var i = 1; i < L; i++) (function (l) {
+          chain = chain.then(function () { if (!(stale && stale())) return load(l); });
+        })((first + i) % L);
         data.complete = chain;
         chain.catch(function (err) { console.error("attention explorer:", err); });
         return data;
@@ -337,6 +393,15 @@
   Explorer.prototype.setPayload = function (payload, opts) {
     var self = this, token = ++this._token;
     if (opts && opts.selection) this.want = opts.selection;
+    if (typeof payload === "string" && payload.indexOf('"message"') >= 0) {
+      try { payload = JSON.parse(payload); } catch (e) { /* decoded (and reported) below */ }
+    }
+    if (payload && typeof payload === "object" && payload.message) {   // nothing to draw: say why
+      this.data = null;
+      this.statusEl.textContent = payload.message;
+      this._showViews();
+      return Promise.resolve(null);
+    }
     if (!payload) {
       this.data = null;
       this.statusEl.textContent = "No attention to show yet: run an analysis first.";
@@ -345,8 +410,10 @@
     }
     var t0 = performance.now();
     this.statusEl.textContent = "Decoding the attention\u2026";
+    if (this.data) { this.data = null; this._showViews(); }   // never the old attention under the new title
+    delete this.root.dataset.ready;
     var want = this.want || [null, 0];
-    return decode(payload, want[0]).then(function (data) {
+    return decode(payload, want[0], function () { return token !== self._token; }).then(function (data) {
       if (token !== self._token) return null;   // a newer payload arrived meanwhile
       var t1 = performance.now();
       self.data = data;
@@ -450,6 +517,7 @@
     var before = [this.li, this.hi];
     this._setSel(layer - this.data.firstLayer, head);
     if (before[0] === this.li && before[1] === this.hi && !immediate) return;
+    if (this.opts.onChange) this.opts.onChange(this.layerNumber(), this.hi);   // the page's other views, now
     var self = this, fn = this.opts.onSelect;
     if (!fn) return;
     clearTimeout(this._reportTimer);
@@ -1007,25 +1075,63 @@
     if (host.__attentionExplorer) {
       var ex = host.__attentionExplorer;
       if (opts && opts.onSelect) ex.opts.onSelect = opts.onSelect;
+      if (opts && opts.onChange) ex.opts.onChange = opts.onChange;
       return ex;
     }
     return new Explorer(host, opts);
   }
 
-  // gr.HTML js_on_load: element = the component, props.value = payload JSON, props.selection
+  // One selection shared by the views of a page group (the attention explorer, the head maps,
+  // the cluster scatter; the same code in attention_explorer.js and views.js, whichever loads
+  // first defines it). A click in one view shows in all at once, in the page, then Python hears
+  // of it and sends the selection back to every view: `echo` tells a view that such a
+  // selection was already shown (published here in the last few seconds), so a late echo
+  // never moves a view back from where the user has gone since.
+  var Bus = global.DashboardBus || (global.DashboardBus = (function () {
+    var subs = {}, recent = {}, ECHO_MS = 4000;
+    return {
+      publish: function (group, layer, head, owner) {
+        var now = Date.now();
+        recent[group] = (recent[group] || []).filter(function (r) { return now - r.t < ECHO_MS; });
+        recent[group].push({layer: layer, head: head, t: now, seen: []});
+        (subs[group] || []).slice().forEach(function (s) { if (s.owner !== owner) s.fn(layer, head); });
+      },
+      subscribe: function (group, owner, fn) {
+        var list = subs[group] = (subs[group] || []).filter(function (s) { return s.owner !== owner; });
+        list.push({owner: owner, fn: fn});
+      },
+      echo: function (group, owner, layer, head) {
+        var now = Date.now(), list = recent[group] || [];
+        for (var i = 0; i < list.length; i++) {
+          var r = list[i];
+          if (now - r.t < ECHO_MS && r.layer === layer && r.head === head && r.seen.indexOf(owner) < 0) {
+            r.seen.push(owner);
+            return true;
+          }
+        }
+        return false;
+      }
+    };
+  })());
+
+  // gr.HTML js_on_load: element = the component, props.value = payload JSON, props.selection,
+  // props.group = the selection bus group (default "layer")
   function gradio(element, props, trigger, watch) {
     var host = element.querySelector(".ae-mount") || element;
+    var group = props.group || "layer";
     var ex = mount(host, {
       selection: props.selection,
       onSelect: function (layer, head) {
         trigger("select", {index: [layer, head], value: "layer " + layer + ", head " + head});
-      }
+      },
+      onChange: function (layer, head) { Bus.publish(group, layer, head, host); }
     });
+    Bus.subscribe(group, host, function (layer, head) { ex.select(layer, head); });
     var last = null;
     var sync = function () {
-      var v = props.value || null;
-      if (v !== last) { last = v; ex.setPayload(v, {selection: props.selection}); }
-      else ex.hostSelect(props.selection);
+      var v = props.value || null, s = props.selection;
+      if (v !== last) { last = v; ex.setPayload(v, {selection: s}); }
+      else if (s && !Bus.echo(group, host, s[0], s[1])) ex.hostSelect(s);
     };
     sync();
     if (typeof watch === "function") watch(["value", "selection"], sync);
