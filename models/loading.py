@@ -41,6 +41,40 @@ class Loaded:
     # held by every use of the model for the whole pass: one owner at a time
     lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
     block_hook: Any = field(default=None, repr=False, compare=False)
+    # "transformers": the model runs through transformers' registry (models.attention);
+    # "llada": its own remote code, run through models.remote.run_llada
+    adapter: str = "transformers"
+    # the AttentionCall of the pass in progress, for code that cannot take it as an argument
+    # (models.remote's recorders); set and cleared by `run` under `lock`
+    active_call: Any = field(default=None, repr=False, compare=False)
+
+    def run(self, call=None, **inputs):
+        """One forward pass of the model with this pass's AttentionCall (models.attention):
+        transformers models get it as their per-call `dashboard=` argument, remote-code models
+        through their installed recorders. The caller holds `lock`."""
+        if self.adapter == "llada":
+            from models.remote import run_llada
+
+            return run_llada(self, call, **inputs)
+        if call is not None and self.attention == "dashboard":
+            inputs["dashboard"] = call
+        return self.model(**inputs)
+
+    @property
+    def mask_text(self) -> str | None:
+        """The mask token as typed in a prompt: the tokenizer's, else the mask id's token."""
+        text = getattr(self.tokenizer, "mask_token", None)
+        if text is None and self.mask_id is not None:
+            text = self.tokenizer.convert_ids_to_tokens(self.mask_id)
+        return text
+
+    @property
+    def mask_id(self) -> int | None:
+        """The mask token: the tokenizer's, else the config's (LLaDA), else None."""
+        tok_id = getattr(self.tokenizer, "mask_token_id", None)
+        if tok_id is None:
+            tok_id = getattr(self.model.config, "mask_token_id", None)
+        return None if tok_id is None else int(tok_id)
 
     @property
     def name(self) -> str:
@@ -51,12 +85,25 @@ class Loaded:
         return self.entry.task
 
     @property
+    def text_config(self):
+        """The config that describes the language model (multimodal configs nest it)."""
+        cfg = self.model.config
+        getter = getattr(cfg, "get_text_config", None)
+        return getter() if callable(getter) else cfg
+
+    @property
     def n_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
+        return int(self.text_config.num_hidden_layers)
 
     @property
     def n_heads(self) -> int:
-        return int(self.model.config.num_attention_heads)
+        return int(self.text_config.num_attention_heads)
+
+    @property
+    def paradigm(self) -> str:
+        """How a diffusion model writes: "masked" (a committed token never changes) or
+        "uniform" (DiffusionGemma: uniform-noise block diffusion, tokens re-noised)."""
+        return self.entry.extra.get("paradigm", "masked")
 
     @property
     def causal(self) -> bool:
@@ -74,14 +121,28 @@ class Loaded:
             self.device)
 
 
+def _flag(help: str, **kw) -> dict:
+    """Field metadata the command line reads to make a flag (dashboard.add_flags)."""
+    return {"help": help, **kw}
+
+
 @dataclass(frozen=True)
 class LoadOptions:
-    trust_remote_code: bool = False  # only ever from the --trust-remote-code flag
-    allow_pickle: bool = False  # only ever from the --allow-pickle-weights flag
-    allow_custom: bool = True
-    device: str = "auto"
-    dtype: str = "auto"
-    revision: str | None = None
+    """How models are loaded; the command line makes one flag per field (dashboard.py)."""
+
+    trust_remote_code: bool = field(default=False, metadata=_flag(
+        "allow models that run their own code (e.g. LLaDA); never settable from the page"))
+    allow_pickle: bool = field(default=False, metadata=_flag(
+        "allow *.bin pickle weights (they can run code when loaded)",
+        flag="--allow-pickle-weights"))
+    allow_custom: bool = field(default=True, metadata={"cli": False})
+    device: str = field(default="auto", metadata=_flag(
+        "auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps"))
+    dtype: str = field(default="auto", metadata=_flag(
+        "weights' dtype (auto: bfloat16 on a CUDA device that has it, else float32); metrics "
+        "are always computed in float64", choices=DTYPES))
+    revision: str | None = field(default=None, metadata=_flag(
+        "a hub model's branch, tag or commit", metavar="REV"))
 
 
 _AUTO_BY_TASK = {
@@ -189,13 +250,20 @@ def _from_pretrained(entry: ModelEntry, options: LoadOptions, device: str, dtype
     import transformers
     from transformers import AutoTokenizer
 
-    auto = getattr(transformers, _AUTO_BY_TASK[entry.task])
+    from models import remote
+
+    auto = getattr(transformers, "AutoModelForImageTextToText"
+                   if entry.extra.get("paradigm") == "uniform" else _AUTO_BY_TASK[entry.task])
     common = dict(trust_remote_code=options.trust_remote_code)
     if options.revision:
         common["revision"] = options.revision
     kwargs = dict(attn_implementation="eager", use_safetensors=None if options.allow_pickle else True,
                   dtype=getattr(torch, dtype), **common)
     tokenizer = AutoTokenizer.from_pretrained(entry.source, **common)
+    if entry.extra.get("adapter") == "llada":
+        model = remote.load_llada(_local_folder(entry), getattr(torch, dtype), options.revision)
+        model.to(device)
+        return model, tokenizer, "one device"
     try:
         model = auto.from_pretrained(entry.source, **kwargs)
     except ValueError as exc:  # remote code that does not take attn_implementation
@@ -216,7 +284,22 @@ def _from_pretrained(entry: ModelEntry, options: LoadOptions, device: str, dtype
     return model, tokenizer, placement
 
 
-def load_uncached(entry: ModelEntry, options: LoadOptions = LoadOptions()) -> Loaded:
+def _local_folder(entry: ModelEntry) -> str:
+    """The folder of a model's files: a local folder as it is, a hub id's cached snapshot."""
+    if entry.family in ("embedded", "local"):
+        return entry.source
+    from models.registry import cached_config
+
+    cfg = cached_config(entry.source)
+    if cfg is None:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(entry.source)
+    return str(cfg.parent)
+
+
+def load_uncached(entry: ModelEntry, options: LoadOptions = LoadOptions(),
+                  shared: bool = True) -> Loaded:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -233,6 +316,8 @@ def load_uncached(entry: ModelEntry, options: LoadOptions = LoadOptions()) -> Lo
             raise UserError(f"Model '{entry.name}' has no revision '{options.revision}': "
                             f"{msg[:200]}") from None
         raise UserError(f"Could not load model '{entry.name}': {msg[:300]}") from None
+    if not shared:  # a private copy to train: eager attention, trainable, nothing installed
+        return Loaded(entry, model, tokenizer, device=device, dtype=dtype, placement=placement)
     return prepare(entry, model, tokenizer, device=device, dtype=dtype, placement=placement)
 
 
@@ -247,6 +332,12 @@ def prepare(entry: ModelEntry, model: Any, tokenizer: Any, device: str = "cpu",
     model.eval()
     model.requires_grad_(False)
     loaded = Loaded(entry, model, tokenizer, device=device, dtype=dtype, placement=placement)
+    if entry.extra.get("adapter") == "llada":
+        from models.remote import install_llada
+
+        loaded.adapter, loaded.attention = "llada", "llada"
+        install_llada(loaded)
+        return loaded
     if attention_mod.install(model):
         loaded.attention = attention_mod.NAME
     blocks = block_modules(model)

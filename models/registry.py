@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +77,7 @@ HUB = [
     ModelEntry("roberta-base", "hub", "fill-mask", "roberta-base", "RoBERTa base, 12 layers"),
     ModelEntry("GSAI-ML/LLaDA-8B-Instruct", "hub", "diffusion", "GSAI-ML/LLaDA-8B-Instruct",
                "LLaDA 8B masked diffusion LM (needs --trust-remote-code)", chat=True,
-               needs_remote_code=True),
+               needs_remote_code=True, extra={"adapter": "llada"}),
 ]
 
 
@@ -108,21 +107,62 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-_HUB_REACHABLE: bool | None = None
+HUB_TIMEOUT_S = 3.0  # one quick question to the hub, never a 30 s hang
+HUB_ANSWER_TTL_S = 60.0  # how long an answer about the hub is remembered
+_HUB_ANSWERS: dict[str, tuple[float, object]] = {}
 
 
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """One quick connection attempt to the hub, remembered for the process (no 30 s hangs)."""
-    global _HUB_REACHABLE
+def _remembered(key: str, ask):
+    """The answer to `ask()`, asked at most once per HUB_ANSWER_TTL_S (an exception counts as
+    the answer None)."""
+    import time
+
+    now = time.monotonic()
+    hit = _HUB_ANSWERS.get(key)
+    if hit is not None and now - hit[0] < HUB_ANSWER_TTL_S:
+        return hit[1]
+    try:
+        answer = ask()
+    except Exception as exc:  # noqa: BLE001 - any network or hub error means "cannot tell"
+        log.info("hub question %s failed: %s", key, exc)
+        answer = None
+    _HUB_ANSWERS[key] = (now, answer)
+    return answer
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether the HuggingFace hub answers, through huggingface_hub's own HTTP session (so
+    HF_ENDPOINT, proxies and certificates are honoured), within `timeout` seconds; remembered
+    for HUB_ANSWER_TTL_S, not for the process's life."""
     if offline():
         return False
-    if _HUB_REACHABLE is None:
+
+    def ask():
+        from huggingface_hub import constants
+        from huggingface_hub.utils import get_session
+
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+        return True
+
+    return bool(_remembered("reachable", ask))
+
+
+def hub_model_exists(repo_id: str, timeout: float = HUB_TIMEOUT_S) -> bool | None:
+    """True/False when the hub says whether `repo_id` exists; None when it cannot be asked."""
+    if offline() or not hub_reachable(timeout):
+        return None
+
+    def ask():
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import RepositoryNotFoundError
+
         try:
-            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-            _HUB_REACHABLE = True
-        except OSError:
-            _HUB_REACHABLE = False
-    return _HUB_REACHABLE
+            HfApi().model_info(repo_id, timeout=timeout)
+            return True
+        except RepositoryNotFoundError:
+            return False
+
+    return _remembered(f"exists:{repo_id}", ask)
 
 
 def cached_config(repo_id: str) -> Path | None:
@@ -143,6 +183,17 @@ _TASK_BY_ARCH = (
     ("LMHeadModel", "causal"),
     ("ForCausalLM", "causal"),
 )
+
+
+def _is_llada(config: dict) -> bool:
+    archs = " ".join(config.get("architectures") or [])
+    return "LLaDA" in archs or str(config.get("model_type", "")).lower() == "llada"
+
+
+def _is_block_diffusion(config: dict) -> bool:
+    """DiffusionGemma-style uniform-noise block diffusion (transformers' diffusion_gemma)."""
+    archs = " ".join(config.get("architectures") or [])
+    return "BlockDiffusion" in archs or config.get("model_type") == "diffusion_gemma"
 
 
 def task_from_config(config: dict) -> str:
@@ -184,14 +235,27 @@ def resolve(name: str, allow_custom: bool = True) -> ModelEntry:
             config = json.loads(cfg.read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"Folder '{name}' has an unreadable config.json: {exc}") from None
+        remote = bool(config.get("auto_map"))
+        extra = {"adapter": "llada"} if remote and _is_llada(config) else {}
+        if _is_block_diffusion(config):
+            extra["paradigm"] = "uniform"
         return ModelEntry(str(path), "local", task_from_config(config), str(path.resolve()),
-                          "local folder")
+                          "local folder" + (" with its own model code" if remote else ""),
+                          needs_remote_code=remote, extra=extra)
     if os.sep in name and (name.startswith((".", os.sep, "~")) or path.exists()):
         raise UserError(f"'{name}' is not a folder with a model.")
     if _looks_like_hub_id(name):
         cfg = cached_config(name)
-        task = task_from_config(json.loads(cfg.read_text())) if cfg else "causal"
-        return ModelEntry(name, "hub", task, name, "HuggingFace hub id", extra={"guessed": not cfg})
+        config = json.loads(cfg.read_text()) if cfg else {}
+        task = task_from_config(config) if cfg else "causal"
+        remote = bool(config.get("auto_map"))
+        extra = {"guessed": not cfg}
+        if remote and _is_llada(config):
+            extra["adapter"] = "llada"
+        if _is_block_diffusion(config):
+            extra["paradigm"] = "uniform"
+        return ModelEntry(name, "hub", task, name, "HuggingFace hub id", needs_remote_code=remote,
+                          extra=extra)
     raise UserError(f"Unknown model '{name}'. Choose one of: {known}, a local folder, "
                     "or a HuggingFace id like 'org/name'.")
 
@@ -219,8 +283,11 @@ def availability(entry: ModelEntry) -> Availability:
         return Availability(True, "in the local HuggingFace cache", json.loads(cfg.read_text()))
     if offline():
         return Availability(False, "not in the local HuggingFace cache and HF_HUB_OFFLINE=1")
-    if not hub_reachable():
+    exists = hub_model_exists(entry.source)
+    if exists is None:
         return Availability(False, "not in the local HuggingFace cache and the hub cannot be reached")
+    if not exists:
+        return Availability(False, "no such model on the HuggingFace hub")
     return Availability(True, "downloadable from the HuggingFace hub")
 
 
@@ -232,15 +299,55 @@ def describe(entry: ModelEntry) -> dict:
            "n_layers": None, "n_heads": None, "params": None}
     if av.config:
         cfg = av.config
-        row["n_layers"] = cfg.get("num_hidden_layers", cfg.get("n_layer"))
-        row["n_heads"] = cfg.get("num_attention_heads", cfg.get("n_head"))
-        row["params"] = count_params_from_folder(Path(entry.source)) if entry.family != "hub" else None
+        text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+        row["n_layers"] = _first(cfg, text, "num_hidden_layers", "n_layer", "n_layers")
+        row["n_heads"] = _first(cfg, text, "num_attention_heads", "n_head", "n_heads")
+    if av.available:
+        row["params"] = parameter_count(entry)
     return row
 
 
+def _first(cfg: dict, text: dict, *keys: str):
+    for source in (cfg, text):
+        for key in keys:
+            if source.get(key) is not None:
+                return source[key]
+    return None
+
+
+def parameter_count(entry: ModelEntry) -> int | None:
+    """Parameters from safetensors headers, no weights loaded: the local folder's files, a hub
+    model's cached files, else the hub's safetensors metadata (when it can be asked)."""
+    if entry.family in ("embedded", "local"):
+        return count_params_from_folder(Path(entry.source))
+    cached = _cached_safetensors(entry.source)
+    if cached:
+        return count_params_from_files(cached)
+    if offline() or not hub_reachable():
+        return None
+
+    def ask():
+        from huggingface_hub import HfApi
+
+        meta = HfApi().get_safetensors_metadata(entry.source, timeout=HUB_TIMEOUT_S)
+        return int(sum(meta.parameter_count.values()))
+
+    return _remembered(f"params:{entry.source}", ask)
+
+
+def _cached_safetensors(repo_id: str) -> list[Path]:
+    """The safetensors files of a hub model's cached snapshot (next to its config.json)."""
+    cfg = cached_config(repo_id)
+    return sorted(cfg.parent.glob("*.safetensors")) if cfg is not None else []
+
+
 def count_params_from_folder(folder: Path) -> int | None:
+    """Parameter count read from the folder's safetensors headers (no weights loaded)."""
+    return count_params_from_files(sorted(folder.glob("*.safetensors")))
+
+
+def count_params_from_files(files: list[Path]) -> int | None:
     """Parameter count read from safetensors headers (no weights loaded)."""
-    files = list(folder.glob("*.safetensors"))
     if not files:
         return None
     total = 0
