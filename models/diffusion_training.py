@@ -20,15 +20,12 @@ The pieces:
   tokens (SEP) is put before the final SEP, as LLaDA pads with EOS: the samplers generate into a
   fixed-length masked region followed by the final SEP, and the model must learn to end the
   answer and fill the rest with SEP (which ``diffusion_generate`` then cuts off).
-- ``upscale_depth`` (``grow_layers`` of ``train_diffusion``): depth up-scaling (as in SOLAR):
-  the encoder's layers are copied and ``n`` of them duplicated in place, the duplicates spread
-  evenly over the interior of the stack; for 4 layers and n = 2 the new stack is the old layers
-  [0, 1, 1, 2, 2, 3].
-- ``train_diffusion``: AdamW with warm-up and cosine decay, gradient clipping, a tqdm progress
-  bar, the mean loss per masking level (t bucketed into 10 levels) logged every ``log_every``
-  steps, and a checkpoint (safetensors, tokenizer, training.json, README.md model card).
-- ``recipe_tiny_diffusion``: makes models/embedded/tiny-diffusion from models/embedded/tiny-bert
-  (4 layers grown to 6) on the project corpus and checks that it answers the corpus capitals.
+- ``upscale_depth`` (``grow_layers`` of ``train_diffusion``): depth up-scaling (as in SOLAR),
+  duplicated layers spread evenly over the stack: 4 layers grown by 2 are [0, 1, 1, 2, 2, 3].
+- ``train_diffusion``: the shared loop (models.train_loop.fit: AdamW, warm-up and cosine decay,
+  gradient clipping) with this collator and loss, a tqdm bar, the mean loss per masking level
+  (t bucketed into 10 levels) every ``log_every`` steps, and a checkpoint with a model card.
+- ``recipe_tiny_diffusion``: models/embedded/tiny-diffusion from models/embedded/tiny-bert.
 
 Loss (continuous): for an example with L maskable tokens masked at rate t, the loss is
 sum over masked tokens of cross-entropy / (t L), averaged over the batch: an unbiased estimate of
@@ -42,11 +39,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import math
 import random
 import re
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -57,11 +56,13 @@ import torch
 import torch.nn.functional as F
 
 from models import corpus as corpus_mod
-from models.errors import UserError
-from models.training import _batches
+from models.common import UserError, whole_number
+from models.generation import diffusion_generate
+from models.loading import Loaded, LoadOptions, load_uncached
+from models.registry import EMBEDDED_DIR, ModelEntry, resolve
+from models.train_loop import fit, save_checkpoint
 
 log = logging.getLogger(__name__)
-EMBEDDED = Path(__file__).resolve().parent / "embedded"
 
 SCHEDULES = ("continuous", "linear", "cosine", "exponential")
 SPLIT_WORDS = ("is", "?", "says", "goes", "in")
@@ -281,10 +282,9 @@ def upscale_depth(model: Any, grow: int) -> list[int]:
         for m in layer.modules():
             if hasattr(m, "layer_idx"):
                 m.layer_idx = idx
-    layers_parent = layers
-    layers_parent._modules.clear()
+    layers._modules.clear()
     for idx, layer in enumerate(new):
-        layers_parent.add_module(str(idx), layer)
+        layers.add_module(str(idx), layer)
     model.config.num_hidden_layers = len(new)
     return order
 
@@ -311,13 +311,13 @@ class DiffusionConfig:
     log_every: int = 100
 
 
-def _load_base(base: str, trust_remote_code: bool = False):
-    from models.loading import LoadOptions, load_uncached
-    from models.registry import resolve
-
-    entry = resolve(base)
-    # uncached: training changes the weights in place, the dashboard's cached copy must not
-    loaded = load_uncached(entry, LoadOptions(trust_remote_code=trust_remote_code))
+def _load_base(base: str, trust_remote_code: bool = False) -> Loaded:
+    """The masked LM ``base`` ready to train: a private copy (training changes the weights in
+    place; the dashboard's shared copy must not change, so nothing the loader installs to share
+    a model is installed: eager attention, trainable weights), on the CPU in float32 as the
+    recipe always ran."""
+    options = LoadOptions(trust_remote_code=trust_remote_code, device="cpu", dtype="float32")
+    loaded = load_uncached(resolve(base), options, shared=False)
     if loaded.task not in ("fill-mask", "diffusion"):
         raise UserError(f"'{base}' is a {loaded.task} model; diffusion training needs a masked "
                         "LM (e.g. tiny-bert, bert-base-uncased, roberta-base).")
@@ -328,8 +328,6 @@ def _load_base(base: str, trust_remote_code: bool = False):
 
 def _weights_digest(source: str) -> str | None:
     """sha256 of a local base's safetensors weights (which tiny-bert this was made from)."""
-    import hashlib
-
     files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
     if not files:
         return None
@@ -339,83 +337,66 @@ def _weights_digest(source: str) -> str | None:
     return h.hexdigest()
 
 
-def _lr_lambda(cfg: DiffusionConfig):
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-    return lr_at
+def encode_lines(tokenizer: Any, lines: Sequence[str], max_len: int) -> list[list[int]]:
+    """Token ids of each line with its special tokens, cut to ``max_len`` keeping the final one."""
+    encoded = []
+    for line in lines:
+        ids = tokenizer(line)["input_ids"]
+        if len(ids) > max_len:
+            ids = ids[:max_len - 1] + ids[-1:]
+        encoded.append(ids)
+    return encoded
 
 
 def train_loop(model: Any, tokenizer: Any, lines: list[str], cfg: DiffusionConfig,
                progress: bool = True) -> dict:
-    """Train in place; returns {"losses": per step, "level_losses": {bucket: mean CE}, ...}."""
+    """Train in place (models.train_loop.fit with ``DiffusionCollator`` and ``diffusion_loss``);
+    returns {"losses": per step, "level_losses": {bucket: mean CE} of the last log window,
+    "history": [{"step", "loss", "level_losses"} every ``cfg.log_every`` steps and at the end]}."""
     from tqdm.auto import tqdm
 
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
-    rng = random.Random(cfg.seed)
     context = getattr(model.config, "max_position_embeddings", None)
     collator = DiffusionCollator(tokenizer, cfg.schedule, cfg.levels, cfg.prompt_fraction,
                                  cfg.eos_fill, cfg.fill_prob, cfg.eps, cfg.seed,
                                  max_length=context - 2 if context else None)
-    limit = cfg.max_len
-    encoded = []
-    for line in lines:
-        ids = tokenizer(line)["input_ids"]
-        if len(ids) > limit:
-            ids = ids[:limit - 1] + ids[-1:]  # keep the final special token
-        encoded.append(ids)
-    batch_size = min(cfg.batch_size, len(encoded))
-    if batch_size < 1:
-        raise UserError("No training lines.")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    model.train()
-    losses: list[float] = []
-    window = [[0.0, 0] for _ in range(N_BUCKETS)]  # (sum, count) since the last log
-    last_levels: dict[str, float] = {}
+    window = [[0.0, 0] for _ in range(N_BUCKETS)]  # (sum, count) of CE per level since the last log
     history: list[dict] = []
-    batches = _batches(encoded, batch_size, rng)
-    bar = tqdm(range(cfg.steps), desc="diffusion training", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        batch = collator(next(batches))
+
+    def step_loss(examples: list[list[int]]) -> torch.Tensor:
+        batch = collator(examples)
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         loss, per_example = diffusion_loss(out.logits, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
         for t, ce in zip(batch["t"].tolist(), per_example.tolist(), strict=True):
-            w = window[level_bucket(t)]
-            w[0] += ce
-            w[1] += 1
+            window[level_bucket(t)][0] += ce
+            window[level_bucket(t)][1] += 1
+        return loss
+
+    def on_step(step: int, losses: list[float]) -> None:
+        bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if (cfg.log_every and (step + 1) % cfg.log_every == 0) or step == cfg.steps - 1:
             levels = {bucket_name(b): round(s / n, 4) for b, (s, n) in enumerate(window) if n}
-            last_levels = levels
-            history.append({"step": step + 1, "loss": round(sum(losses[-cfg.log_every:])
-                                                            / len(losses[-cfg.log_every:]), 4),
+            recent = losses[-cfg.log_every:]
+            history.append({"step": step + 1, "loss": round(sum(recent) / len(recent), 4),
                             "level_losses": levels})
             msg = (f"step {step + 1}/{cfg.steps} loss {history[-1]['loss']:.4f} per level: "
                    + " ".join(f"{k}:{v:.2f}" for k, v in levels.items()))
             if progress:
                 bar.write(msg)
             log.info(msg)
-            window = [[0.0, 0] for _ in range(N_BUCKETS)]
-    model.eval()
-    return {"losses": losses, "level_losses": last_levels, "history": history}
+            window[:] = [[0.0, 0] for _ in range(N_BUCKETS)]
+
+    encoded = encode_lines(tokenizer, lines, cfg.max_len)
+    with tqdm(total=cfg.steps, desc="diffusion training", disable=not progress,
+              dynamic_ncols=True) as bar:
+        losses = fit(model, encoded, step_loss, cfg, on_step)
+    return {"losses": losses, "level_losses": history[-1]["level_losses"] if history else {},
+            "history": history}
 
 
 # ----------------------------------------------------------------------------- checks
 
-def _as_loaded(name: str, model: Any, tokenizer: Any, source: str = ""):
-    from models.loading import Loaded
-    from models.registry import ModelEntry
-
+def _as_loaded(name: str, model: Any, tokenizer: Any, source: str = "") -> Loaded:
     return Loaded(ModelEntry(name, "local", "diffusion", source), model, tokenizer)
 
 
@@ -428,14 +409,12 @@ def diffusion_capital_accuracy(loaded: Any, threshold: float | None = None, leng
     """Fraction of corpus capitals whose generated answer to "the capital of X is" contains
     the capital as a word: one token per step (steps = length) or, with ``threshold``, every
     masked position at least that confident per step."""
-    from models.generation import diffusion_generate
-
     misses = []
     facts = corpus_mod.capital_facts()
     for country, capital in facts:
         res = diffusion_generate(loaded, f"the capital of {country} is", length,
                                  steps=steps if steps is not None else length,
-                                 threshold=threshold, n_candidates=0)
+                                 threshold=threshold, n_candidates=0, measure_memory=False)
         if not contains_word(res.text, capital):
             misses.append(f"{country}: {res.text!r}")
     return 1 - len(misses) / len(facts), misses
@@ -443,9 +422,9 @@ def diffusion_capital_accuracy(loaded: Any, threshold: float | None = None, leng
 
 def tokens_per_forward(loaded: Any, prompt: str = "the capital of japan is", length: int = 64,
                        threshold: float = 0.9) -> dict:
-    from models.generation import diffusion_generate
-
-    res = diffusion_generate(loaded, prompt, length, threshold=threshold, n_candidates=0)
+    """Tokens committed per forward pass when generating ``length`` tokens at ``threshold``."""
+    res = diffusion_generate(loaded, prompt, length, threshold=threshold, n_candidates=0,
+                             measure_memory=False)
     return {"prompt": prompt, "length": length, "threshold": threshold, "nfe": res.nfe,
             "tokens_per_forward": round(length / res.nfe, 2), "text": res.text}
 
@@ -468,10 +447,8 @@ def train_diffusion(base: str, out: str | Path, steps: int = 2000, schedule: str
     """
     if schedule not in SCHEDULES:
         raise UserError(f"Unknown masking schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}.")
-    for key, value, lo in (("steps", steps, 1), ("grow_layers", grow_layers, 0),
-                           ("batch_size", batch_size, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise UserError(f"{key} must be a whole number of at least {lo}, got {value!r}.")
+    steps, grow_layers = whole_number("steps", steps, 1), whole_number("grow_layers", grow_layers, 0)
+    batch_size, seed = whole_number("batch_size", batch_size, 1), whole_number("seed", seed, 0)
     out = Path(out)
     name = name or out.name
     cfg = DiffusionConfig(steps=steps, batch_size=batch_size, lr=lr, schedule=schedule,
@@ -489,6 +466,7 @@ def train_diffusion(base: str, out: str | Path, steps: int = 2000, schedule: str
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     model.config.architectures = [type(model).__name__]
     model.config.mask_token_id = int(tokenizer.mask_token_id)
+    recent = result["losses"][-50:]
     facts: dict[str, Any] = {
         "name": name, "class": type(model).__name__, "base": base,
         "base_weights_sha256": _weights_digest(loaded.entry.source),
@@ -502,29 +480,28 @@ def train_diffusion(base: str, out: str | Path, steps: int = 2000, schedule: str
         "command": command or (f"python dashboard.py train-diffusion --base {base} --out {out} "
                                f"--steps {steps} --schedule {schedule} --grow-layers {grow_layers} "
                                f"--seed {seed}"),
-        "final_loss": round(sum(result["losses"][-50:]) / len(result["losses"][-50:]), 4),
+        "final_loss": round(sum(recent) / len(recent), 4),
         "level_losses": result["level_losses"], "loss_history": result["history"],
         "corpus_lines": len(lines), "train_config": asdict(cfg), "torch": torch.__version__,
     }
     if evaluate:
-        ev = _as_loaded(name, model, tokenizer, str(out))
-        acc1, miss1 = diffusion_capital_accuracy(ev)
-        acc2, miss2 = diffusion_capital_accuracy(ev, threshold=0.9)
-        facts.update({"capital_accuracy_one_per_step": acc1, "capital_accuracy_threshold": acc2,
-                      "capital_misses_one_per_step": miss1, "capital_misses_threshold": miss2,
-                      "threshold_64": tokens_per_forward(ev)})
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    (out / "training.json").write_text(json.dumps(facts, indent=2))
-    (out / "README.md").write_text(model_card(facts))
+        facts.update(evaluate_diffusion(_as_loaded(name, model, tokenizer, str(out))))
+    save_checkpoint(model, tokenizer, out, facts, model_card(facts))
     return facts
+
+
+def evaluate_diffusion(loaded: Loaded) -> dict:
+    """The model-card checks: corpus capitals answered one token per step and at threshold 0.9,
+    and the tokens committed per forward pass at threshold 0.9 with length 64."""
+    acc1, miss1 = diffusion_capital_accuracy(loaded)
+    acc2, miss2 = diffusion_capital_accuracy(loaded, threshold=0.9)
+    return {"capital_accuracy_one_per_step": acc1, "capital_accuracy_threshold": acc2,
+            "capital_misses_one_per_step": miss1, "capital_misses_threshold": miss2,
+            "threshold_64": tokens_per_forward(loaded)}
 
 
 def model_card(f: dict) -> str:
     """README.md of a trained checkpoint: what it is, how it was made, what it can do, limits."""
-    import textwrap
-
     c = f["train_config"]
     grown = (f"first grown from {f['base_layers']} to {f['n_layers']} layers by depth up-scaling "
              f"(new layer i is a copy of base layer {f['layer_order']}[i]), then "
@@ -581,12 +558,12 @@ TINY_DIFFUSION = dict(steps=1000, schedule="continuous", grow_layers=2, lr=1e-3,
 def recipe_tiny_diffusion(out: Path | None = None, progress: bool = True, **overrides) -> dict:
     """models/embedded/tiny-diffusion: tiny-bert grown from 4 to 6 layers ([0, 1, 1, 2, 2, 3]) and
     fine-tuned as a masked-diffusion LM on the project corpus."""
-    base = EMBEDDED / "tiny-bert"
+    base = EMBEDDED_DIR / "tiny-bert"
     if not (base / "model.safetensors").is_file():
         raise UserError("models/embedded/tiny-bert is missing; run `python -m models.training "
                         "tiny-bert` first.")
     settings = {**TINY_DIFFUSION, **overrides}
-    return train_diffusion("tiny-bert", out or EMBEDDED / "tiny-diffusion", progress=progress,
+    return train_diffusion("tiny-bert", out or EMBEDDED_DIR / "tiny-diffusion", progress=progress,
                            lines=corpus_mod.generate(), name="tiny-diffusion",
                            command="python -m models.diffusion_training", **settings)
 
@@ -604,7 +581,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr),
                                    ("schedule", args.schedule)) if v is not None}
-    facts = recipe_tiny_diffusion(args.out, progress=not args.no_progress, **overrides)
+    try:
+        facts = recipe_tiny_diffusion(args.out, progress=not args.no_progress, **overrides)
+    except UserError as exc:
+        parser.exit(2, f"error: {exc}\n")
     print(json.dumps({k: v for k, v in facts.items() if k not in ("loss_history",)}, indent=1))
 
 

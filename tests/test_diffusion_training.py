@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from models import corpus
+from models.common import UserError
 from models.diffusion_training import (
     DiffusionCollator,
     DiffusionConfig,
@@ -21,7 +22,6 @@ from models.diffusion_training import (
     train_loop,
     upscale_depth,
 )
-from models.errors import UserError
 from tests.conftest import have
 
 SMALL = corpus.CorpusConfig(stories=60, repeats=60, fact_repeats=1)
@@ -265,6 +265,15 @@ def test_train_diffusion_rejects_bad_arguments(tmp_path):
         train_diffusion("tiny-bert", tmp_path / "x", steps=1, schedule="square")
     with pytest.raises(UserError):
         train_diffusion("tiny-bert", tmp_path / "x", steps=0)
+
+
+def test_recipe_command_line_reports_bad_arguments(tmp_path, capsys):
+    from models.diffusion_training import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--steps", "0", "--out", str(tmp_path / "x"), "--no-progress"])
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------- the shipped model
