@@ -11,18 +11,26 @@ Every subcommand prints one clear line and exits 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
-import os
 import sys
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from models.common import UserError, atomic_write, check_text, file_safe
+from models.generation import SAMPLINGS, SCHEDULES, STRATEGIES
+from models.loading import LoadOptions
+from ui.config import AppConfig
 
 log = logging.getLogger("dashboard")
 
 
 class CliError(Exception):
-    """Bad command-line input (exit 2)."""
+    """Bad command-line input (exit 2): a one-line message, like UserError's."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,18 +39,78 @@ class Parser(argparse.ArgumentParser):
                        if " " in self.prog else f"{message} (see --help)")
 
 
+# ----------------------------------------------------------------------------- flags from configs
+
+
+def opt(default=None, help: str = "", **kw):
+    """A config field with the metadata `add_flags` turns into a flag: help, and optionally
+    flag (its name), choices, metavar, required, action ("append"), split (a separator)."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _base_type(tp):
+    """(the scalar type, is a list) of an annotation like int, float | None, list[str] | None."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _base_type(args[0])
+    if typing.get_origin(tp) is list:
+        return (args[0] if args else str), True
+    return tp, False
+
+
+def add_flags(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per field of the dataclass `cls` (skipping `exclude` and fields marked
+    cli=False): --field-name, its type from the annotation, its default, help and choices from
+    the field's metadata. A bool is a switch; a list is repeatable or split on a separator."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if f.name in exclude or meta.get("cli") is False:
+            continue
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        kw = {"dest": f.name, "help": meta.get("help")}
+        default = f.default if f.default is not dataclasses.MISSING else None
+        tp, many = _base_type(hints[f.name])
+        if tp is bool:
+            kw["action"] = "store_true"
+        elif many and meta.get("split"):
+            kw.update(type=str, metavar=meta.get("metavar"))
+        elif many:
+            kw.update(action="append", type=tp, metavar=meta.get("metavar"))
+        else:
+            kw.update(type=tp, metavar=meta.get("metavar"), choices=meta.get("choices"))
+        if meta.get("required"):
+            kw["required"] = True
+        else:
+            kw["default"] = default
+        parser.add_argument(flag, **kw)
+
+
+def from_args(cls, args: argparse.Namespace, **extra):
+    """The dataclass `cls` filled from parsed flags (split lists split, floats checked finite)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        sep = f.metadata.get("split")
+        if sep and isinstance(value, str):
+            value = [v.strip() for v in value.split(sep) if v.strip()] or None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CliError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if _base_type(hints[f.name])[0] is str and isinstance(value, str):
+            _text(f.name.replace("_", "-"), value)
+        values[f.name] = value
+    return cls(**{**values, **extra})
+
+
 def _write_json(path: str | None, data) -> None:
     if not path:
         return
-    out = Path(path)
-    tmp = out.with_suffix(out.suffix + ".tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-        os.replace(tmp, out)
+        atomic_write(path, json.dumps(data, indent=2, default=_json_default))
     except OSError as exc:
-        if tmp.is_file():
-            tmp.unlink()
         raise CliError(f"cannot write --json {path}: {exc.strerror or exc}") from None
 
 
@@ -66,31 +134,136 @@ def _json_default(obj):
 
 def _text(name: str, value: str | None) -> None:
     """Command-line text that is not valid UTF-8 arrives with lone surrogates: refuse it here."""
-    from models.common import UserError, check_text
-
     if value is not None:
         try:
             check_text(value)
         except UserError:
             raise CliError(f"--{name} is not valid UTF-8 text; check the terminal's encoding or "
-                           "pass the text in a UTF-8 --prompts file") from None
+                           "pass the text in a UTF-8 file") from None
 
 
-def _finite(name: str, value: float | None) -> None:
-    if value is not None and not math.isfinite(value):
-        raise CliError(f"--{name} must be a finite number, got {value}")
+# ----------------------------------------------------------------------------- configs
 
 
-def _load_options(args):
-    from models.loading import LoadOptions
+@dataclass
+class ModelsArgs:
+    json: str | None = opt(help="write the list as JSON", metavar="PATH")
 
-    return LoadOptions(trust_remote_code=getattr(args, "trust_remote_code", False),
-                       allow_pickle=getattr(args, "allow_pickle_weights", False))
+
+@dataclass
+class AnalyzeArgs:
+    model: list[str] = opt(help="registry name, HuggingFace id or folder (repeatable)",
+                           required=True)
+    prompt: str | None = opt(help="the text to analyse")
+    chat_template: bool = opt(False, "put the prompt in the model's chat template (for "
+                                     "everything analysed)")
+    head_ablation: bool = opt(False, "per-head support by exact ablation instead of the "
+                                     "gradient estimate")
+    top_k: int = opt(5, "predictions listed")
+    seed: int = opt(0, "seed of the induction probe and the head clustering")
+    out: str | None = opt(help="write the ZIP bundle", metavar="ZIP")
+    json: str | None = opt(help="write the summary JSON", metavar="PATH")
+    # dataset mode: layer geometry over many texts instead of one prompt
+    dataset: str | None = opt(help="dataset mode: a .txt/.jsonl/.json/.csv/.tsv file, a "
+                                   "HuggingFace datasets id or folder, or a bundled set "
+                                   "(corpus, stdlib-docstrings)", metavar="PATH_OR_ID")
+    split: str | None = opt(help="the split of a datasets id or folder")
+    column: str | None = opt(help="the text field of a .jsonl/.json/.csv/.tsv (default text)")
+    limit: int | None = opt(help="analyse the first N texts")
+    batch_size: int = opt(16, "texts per forward pass (padded)")
+    max_tokens: int | None = opt(help="cut each text to its first T tokens (default: the "
+                                      "model's context)")
+    sample_tokens: int = opt(5000, "token rows sampled for TwoNN and the activation entropy")
+    skip_special: bool = opt(False, "leave BOS/CLS/SEP rows out of the hidden-state statistics")
+    resume: str | None = opt(help="checkpoint into DIR and continue a run stopped there",
+                             metavar="DIR")
+
+
+@dataclass
+class PredictArgs:
+    model: str = opt(help="registry name, HuggingFace id or folder", required=True)
+    prompt: str = opt(help="the text ([MASK] for fill-mask models)", required=True)
+    top_k: int = opt(5, "predictions listed")
+    max_new_tokens: int = opt(12, "tokens of a causal model's continuation")
+    temperature: float = opt(0.0, "0: greedy continuation")
+    top_p: float = opt(1.0, "nucleus sampling of the continuation")
+    seed: int = opt(0, "seed of a sampled continuation")
+    chat_template: bool = opt(False, "put the prompt in the model's chat template")
+    json: str | None = opt(help="write the result JSON", metavar="PATH")
+
+
+@dataclass
+class GenerateArgs:
+    model: str = opt(help="a diffusion (masked) or causal model", required=True)
+    prompt: str = opt(help="the text to continue", required=True)
+    length: int = opt(help="canvas positions to generate", required=True)
+    steps: int | None = opt(help="diffusion steps (default: length)")
+    block_length: int | None = opt(help="semi-autoregressive blocks of this many positions")
+    strategy: str = opt("low_confidence", "which masked positions are committed first",
+                        choices=STRATEGIES)
+    threshold: float | None = opt(help="commit every position at least this confident "
+                                       "(adaptive steps)")
+    temperature: float = opt(0.0, "0: greedy")
+    top_k: int | None = opt(help="sample among the k most probable tokens")
+    top_p: float | None = opt(help="nucleus sampling")
+    cfg_scale: float = opt(0.0, "classifier-free guidance")
+    schedule: str | None = opt(help="schedule re-masking mode (RoBERTa-as-diffusion) instead "
+                                    "of commit mode", choices=SCHEDULES)
+    sampling: str = opt("greedy", "sampling of the re-masking mode", choices=SAMPLINGS)
+    ignore_eos: bool = opt(False, "autoregressive only: generate all `length` tokens past the "
+                                  "end-of-sequence token")
+    cache: str = opt("none", "diffusion only: Fast-dLLM's block KV cache (prefix or dual; needs "
+                             "--block-length; approximate)",
+                     choices=("none", "prefix", "dual"))  # models.kv_cache.CACHE_MODES
+    early_stop: bool = opt(False, "diffusion only: end once the content is decided (an "
+                                  "end-of-sequence token committed with nothing masked before)")
+    seed: int = opt(0, "random seed")
+    json: str | None = opt(help="write the result JSON", metavar="PATH")
+    out: str | None = opt(help="trace JSON, step GIF, HTML viewer and PNG frames", metavar="ZIP")
+
+
+@dataclass
+class CompareArgs:
+    ar: str = opt(help="the autoregressive model", required=True)
+    diffusion: str = opt(help="the diffusion model", required=True)
+    prompts: str = opt(help="one prompt a line, optionally TAB and the expected answer",
+                       required=True, metavar="FILE")
+    length: int = opt(4, "canvas positions per prompt")
+    steps: int | None = opt(help="diffusion steps (default: length)")
+    block_length: int | None = opt(help="semi-autoregressive blocks of this many positions")
+    threshold: float | None = opt(help="commit every position at least this confident")
+    temperature: float = opt(0.0, "0: greedy")
+    cache: str = opt("none", "the diffusion side's block KV cache (prefix or dual; needs "
+                             "--block-length)", choices=("none", "prefix", "dual"))
+    early_stop: bool = opt(False, "the diffusion side ends once its content is decided")
+    ar_length: int | None = opt(help="the autoregressive side's most tokens (default: length)")
+    ar_temperature: float | None = opt(help="the autoregressive side's temperature (default: "
+                                            "--temperature)")
+    ar_top_p: float | None = opt(help="the autoregressive side's nucleus (default: all)")
+    no_reference: bool = opt(False, "skip the uncached one-token-per-step reference runs (no "
+                                    "agreement figures)")
+    fluency_model: str | None = opt(help="quality: perplexity of every text under this causal "
+                                         "model (e.g. tiny-gpt2)", metavar="NAME")
+    relevance: bool = opt(False, "quality: cosine similarity of all-MiniLM-L6-v2 embeddings of "
+                                 "prompt and text")
+    seeds: int = opt(1, "seeds per prompt (consistency)")
+    json: str | None = opt(help="write the comparison JSON", metavar="PATH")
+
+
+@dataclass
+class TrainDiffusionArgs:
+    base: str = opt(help="the masked LM to start from", required=True)
+    out: str = opt(help="the folder to write the model to", required=True)
+    steps: int = opt(2000, "training steps")
+    schedule: str = opt("continuous", "how the mask ratio t is drawn",
+                        choices=("continuous", "linear", "cosine", "exponential"))
+    grow_layers: int = opt(0, "depth up-scaling: insert copies of existing layers first")
+    seed: int = opt(0, "random seed")
 
 
 # ----------------------------------------------------------------------------- subcommands
 
-def cmd_models(args) -> int:
+def cmd_models(args: ModelsArgs, load_options: LoadOptions) -> int:
     from models.registry import builtin_entries, describe
 
     rows = [describe(e) for e in builtin_entries()]
@@ -104,22 +277,25 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_analyze(args) -> int:
+def cmd_analyze(args: AnalyzeArgs, load_options: LoadOptions) -> int:
     from analysis.result import LAYER_COLUMNS
     from analysis.run import analyze, continuation_of, summary_json
     from models.loading import load
     from models.predictions import check_top_k
 
-    _text("prompt", args.prompt)
     check_top_k(args.top_k)
+    if args.dataset is not None:
+        if args.prompt is not None:
+            raise CliError("give --prompt TEXT or --dataset PATH_OR_ID, not both")
+        return analyze_dataset_cli(args, load_options)
     if args.prompt is None or not args.prompt.strip():
-        raise CliError("give a non-empty --prompt TEXT")
-    opts = _load_options(args)
-    result = analyze(args.model, [args.prompt], load=lambda n: load(n, opts), top_k=args.top_k,
-                     ablation=args.head_ablation, seed=args.seed, chat_template=args.chat_template)
-    continuations = {}
-    for r in result.results:  # a generation, asked for after the analysis
-        continuations[r.name] = continuation_of(load(r.name, opts), r, seed=args.seed)
+        raise CliError("give a non-empty --prompt TEXT or a --dataset")
+    set_threads_for(args.model, load_options)
+    result = analyze(args.model, [args.prompt], load=lambda n: load(n, load_options),
+                     top_k=args.top_k, ablation=args.head_ablation, seed=args.seed,
+                     chat_template=args.chat_template)
+    continuations = {r.name: continuation_of(load(r.name, load_options), r, seed=args.seed)
+                     for r in result.results}  # a generation, asked for after the analysis
     for r in result.results:
         for notice in r.trace.notices:
             print(f"notice ({r.name}): {notice}")
@@ -144,25 +320,77 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def analyze_dataset_cli(args: AnalyzeArgs, load_options: LoadOptions) -> int:
+    """`analyze --dataset`: every model over the texts; under torchrun the processes share the
+    texts and process 0 prints and writes."""
+    from analysis.dataset import analyze_dataset
+    from models.loading import load
+    from reports.dataset_report import summary_json, write_dataset_bundle
+
+    set_threads_for(args.model, load_options)
+
+    def progress(done, total, tps, left):
+        of = f"/{total:,}" if total else ""
+        eta = f", about {left:,.0f} s left" if left is not None else ""
+        print(f"\r  {done:,}{of} texts, {tps:,.0f} tokens/s{eta}   ", end="", file=sys.stderr,
+              flush=True)
+
+    results = []
+    for name in dict.fromkeys(args.model):
+        r = analyze_dataset(load(name, load_options), args.dataset, split=args.split,
+                            column=args.column, limit=args.limit, batch_size=args.batch_size,
+                            max_tokens=args.max_tokens, sample_tokens=args.sample_tokens,
+                            skip_special=args.skip_special, seed=args.seed,
+                            resume=(str(Path(args.resume) / file_safe(name))
+                                    if args.resume else None),
+                            progress=progress if sys.stderr.isatty() else None)
+        if r is None:  # another torchrun process: process 0 reports
+            continue
+        results.append(r)
+        _print_dataset(r)
+    if not results:
+        return 0
+    _write_json(args.json, summary_json(results))
+    if args.out:
+        path = _writing("--out", args.out, lambda: write_dataset_bundle(results, args.out))
+        print(f"bundle: {path}")
+    return 0
+
+
+def _print_dataset(r) -> None:
+    print(f"{r.model}: {r.texts:,} texts, {r.tokens:,} tokens, {r.processes} process(es), "
+          f"{r.seconds:.1f} s ({r.tokens_per_second:,.0f} tokens/s)")
+    for notice in r.notices:
+        print(f"notice ({r.model}): {notice}")
+    print("  layer  erank     PR  pca95  twonn[95%]              act_ent/text  dataset_ent")
+    for s in r.summary.layers:
+        tw = s.token_sample.get("intrinsic_dim_twonn")
+        ae = s.per_text.get("activation_entropy")
+        twonn = ("-" if tw is None or tw.value is None else
+                 f"{tw.value:.2f} [{tw.ci_low:.2f}, {tw.ci_high:.2f}]")
+        act = "-" if ae is None or ae.mean is None else f"{ae.mean:.3f} ± {ae.std:.3f}"
+        print(f"  {s.layer:5d} {_cell(s.all_tokens.get('effective_rank'))} "
+              f"{_cell(s.all_tokens.get('participation_ratio'))} "
+              f"{_cell(s.all_tokens.get('intrinsic_dim_pca95'))}  {twonn:22s}  {act:13s} "
+              f"{_cell(s.dataset_entropy)}")
+
+
 def _cell(v) -> str:
     if v is None:
         return "      -"
     return f"{v:7.3f}" if isinstance(v, float) else f"{v:7d}"
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: PredictArgs, load_options: LoadOptions) -> int:
     from models.loading import load
     from models.predictions import predict
 
-    _text("prompt", args.prompt)
-    _finite("temperature", args.temperature)
-    _finite("top-p", args.top_p)
     if args.max_new_tokens < 1:
         raise CliError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    loaded = load(args.model, _load_options(args))
-    out = predict(loaded, args.prompt, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-                  temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                  chat_template=args.chat_template)
+    set_threads_for([args.model], load_options)
+    out = predict(load(args.model, load_options), args.prompt, top_k=args.top_k,
+                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                  top_p=args.top_p, seed=args.seed, chat_template=args.chat_template)
     for notice in out.get("notices", []):
         print(f"notice: {notice}")
     for p in out["predictions"]:
@@ -172,34 +400,30 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    from ui.app import AppConfig, serve
+def cmd_serve(config: AppConfig, load_options: LoadOptions) -> int:
+    from ui.app import serve
 
-    if args.auth is not None and (":" not in args.auth or args.auth.startswith(":")):
+    if config.auth is not None and (":" not in config.auth or config.auth.startswith(":")):
         raise CliError("--auth must look like USER:PASS")
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    serve(AppConfig(host=args.host, port=args.port, share=args.share, auth=args.auth,
-                    models=models, allow_custom_models=args.allow_custom_models,
-                    trust_remote_code=args.trust_remote_code,
-                    allow_pickle=args.allow_pickle_weights,
-                    max_prompt_tokens=args.max_prompt_tokens,
-                    max_generation_length=args.max_generation_length,
-                    max_concurrent_jobs=args.max_concurrent_jobs))
+    set_threads_for(config.models, load_options)
+    serve(config)
     return 0
 
 
-def cmd_generate(args) -> int:
+def cmd_generate(args: GenerateArgs, load_options: LoadOptions) -> int:
     from models import generation as gen
     from models.loading import load
 
-    _text("prompt", args.prompt)
-    for name in ("threshold", "temperature", "top_p", "cfg_scale"):
-        _finite(name.replace("_", "-"), getattr(args, name))
-    loaded = load(args.model, _load_options(args))
+    loaded = load(args.model, load_options)
     if loaded.task == "causal":
         if args.steps not in (None, args.length) or args.block_length or args.threshold:
             raise CliError(f"'{args.model}' is autoregressive: --steps, --block-length and "
                            "--threshold apply to diffusion models only")
+        if args.cache != "none" or args.early_stop:
+            raise CliError(f"'{args.model}' is autoregressive: it always uses its exact KV cache "
+                           "and stops at its end-of-sequence token; --cache prefix|dual and "
+                           "--early-stop are for masked diffusion models (e.g. tiny-diffusion "
+                           "with --block-length)")
         result = gen.autoregressive_generate(loaded, args.prompt, args.length,
                                              temperature=args.temperature, top_k=args.top_k,
                                              top_p=args.top_p, seed=args.seed,
@@ -207,6 +431,10 @@ def cmd_generate(args) -> int:
     elif args.ignore_eos:
         raise CliError("--ignore-eos applies to autoregressive models only")
     elif args.schedule:
+        if args.cache != "none" or args.early_stop:
+            raise CliError("--cache and --early-stop serve the commit mode (blocks, committed "
+                           "tokens never change); --schedule re-masks every position each step: "
+                           "drop --schedule, or use --cache none without --early-stop")
         result = gen.remask_generate(loaded, args.prompt, args.length, args.steps or args.length,
                                      schedule=args.schedule, sampling=args.sampling,
                                      top_k=args.top_k or 50, top_p=args.top_p or 0.9,
@@ -216,7 +444,8 @@ def cmd_generate(args) -> int:
                                         block_length=args.block_length, strategy=args.strategy,
                                         threshold=args.threshold, temperature=args.temperature,
                                         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                        cfg_scale=args.cfg_scale)
+                                        cfg_scale=args.cfg_scale, cache=args.cache,
+                                        early_stop=args.early_stop)
     mem = ("n/a: " + result.peak_memory_note if result.peak_memory_mb is None
            else f"{result.peak_memory_mb:.3f} MB")
     print(f"{result.paradigm}: {result.generated_tokens} content tokens of {result.positions} "
@@ -224,6 +453,12 @@ def cmd_generate(args) -> int:
           f"({result.tokens_per_forward_pass:.2f} content tokens per forward pass), "
           f"{result.seconds:.3f} s, {result.tokens_per_second:.1f} content tokens/s, "
           f"peak memory {mem}")
+    if result.cache in ("prefix", "dual"):
+        full, read = result.kv_refreshes, result.nfe - result.kv_refreshes
+        print(f"KV cache {result.cache}: {full} full pass{'es' * (full != 1)} rebuilt it, "
+              f"{read} pass{'es' * (read != 1)} read it (approximate)")
+    if result.stop_note:
+        print(result.stop_note)
     print(f"text: {result.text}")
     _write_json(args.json, result.to_json())
     if args.out:
@@ -233,34 +468,49 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
+def cmd_compare(args: CompareArgs, load_options: LoadOptions) -> int:
     from models import generation as gen
     from models.loading import load
 
-    _finite("threshold", args.threshold)
-    opts = _load_options(args)
+    opts = load_options
     prompts = gen.read_prompts_file(args.prompts)
     seeds = tuple(range(args.seeds))
+    quality = None
+    if args.fluency_model or args.relevance:
+        from models.quality import RELEVANCE_MODEL
+
+        quality = gen.Quality(
+            fluency=load(args.fluency_model, opts) if args.fluency_model else None,
+            relevance=load(RELEVANCE_MODEL, opts) if args.relevance else None)
     out = gen.compare(load(args.ar, opts), load(args.diffusion, opts), prompts,
                       length=args.length, steps=args.steps, block_length=args.block_length,
-                      threshold=args.threshold, temperature=args.temperature, seeds=seeds)
+                      threshold=args.threshold, temperature=args.temperature, seeds=seeds,
+                      cache=args.cache, early_stop=args.early_stop, ar_length=args.ar_length,
+                      ar_temperature=args.ar_temperature, ar_top_p=args.ar_top_p,
+                      reference=not args.no_reference, quality=quality)
     print("content = generated tokens before the first end-of-sequence/padding token; "
-          "tok/s and tok/pass count content only; the autoregressive model stops at its EOS")
+          "tok/s and tok/pass count content only; the autoregressive model stops at its EOS; "
+          "agree = same text as the uncached one-token-per-step run; ppl = fluency "
+          "(perplexity), rel = relevance (see the Details tab)")
     print(f"{'paradigm':15s} {'model':16s} {'accuracy':>8s} {'seconds':>8s} {'tok/s':>8s} "
-          f"{'nfe':>6s} {'tok/pass':>8s} {'mem MB':>7s} {'consist.':>8s}")
+          f"{'nfe':>6s} {'tok/pass':>8s} {'mem MB':>7s} {'consist.':>8s} {'agree':>6s} "
+          f"{'ppl':>7s} {'rel':>6s}")
+
+    def cell(v, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
     for key in ("autoregressive", "diffusion"):
         r = out[key]
-        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
-        mem = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.3f}"
-        con = "-" if r["consistency"] is None else f"{r['consistency']:.1%}"
-        print(f"{key:15s} {r['model']:16s} {acc:>8s} {r['mean_seconds']:8.4f} "
-              f"{r['tokens_per_second']:8.1f} {r['mean_nfe']:6.1f} "
-              f"{r['tokens_per_forward_pass']:8.2f} {mem:>7s} {con:>8s}")
+        print(f"{key:15s} {r['model']:16s} {cell(r['accuracy'], '.1%'):>8s} "
+              f"{r['mean_seconds']:8.4f} {r['tokens_per_second']:8.1f} {r['mean_nfe']:6.1f} "
+              f"{r['tokens_per_forward_pass']:8.2f} {cell(r['peak_memory_mb'], '.3f'):>7s} "
+              f"{cell(r['consistency'], '.1%'):>8s} {cell(r['agreement'], '.0%'):>6s} "
+              f"{cell(r['fluency_perplexity'], '.2f'):>7s} {cell(r['relevance'], '.3f'):>6s}")
     _write_json(args.json, out)
     return 0
 
 
-def cmd_train_diffusion(args) -> int:
+def cmd_train_diffusion(args: TrainDiffusionArgs, load_options: LoadOptions) -> int:
     from models.diffusion_training import train_diffusion
 
     facts = train_diffusion(args.base, Path(args.out), steps=args.steps, schedule=args.schedule,
@@ -269,149 +519,73 @@ def cmd_train_diffusion(args) -> int:
     return 0
 
 
-def _add_load_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow models that run their own code (e.g. LLaDA)")
-    p.add_argument("--allow-pickle-weights", action="store_true",
-                   help="allow *.bin pickle weights (they can run code when loaded)")
+def set_threads_for(names: list[str] | None, load_options: LoadOptions) -> None:
+    """Thread counts, set once for the process from the largest model it will run (read from
+    safetensors headers, no weights loaded): one thread for small models (see
+    models.loading.set_threads), every core otherwise."""
+    from models.loading import set_threads
+    from models.registry import default_models, parameter_count, resolve
+
+    largest = 0
+    for name in names or default_models():
+        try:
+            largest = max(largest, parameter_count(resolve(name)) or 10**12)
+        except UserError:
+            largest = max(largest, 10**12)  # unknown here: assume a large model
+    set_threads(largest)
+
+
+# (command, help, its config dataclass, what load flags it takes)
+COMMANDS = {
+    "serve": (cmd_serve, "serve the dashboard (the default)", "AppConfig", ("revision",)),
+    "models": (cmd_models, "list the model registry and what is available", ModelsArgs, None),
+    "analyze": (cmd_analyze, "layer and head metrics, predictions, attribution",
+                AnalyzeArgs, ()),
+    "predict": (cmd_predict, "fill-mask top-k, next-token top-k and continuation",
+                PredictArgs, ()),
+    "generate": (cmd_generate, "diffusion or autoregressive generation with a full trace",
+                 GenerateArgs, ()),
+    "compare": (cmd_compare, "autoregressive vs diffusion on a prompt set", CompareArgs, ()),
+    "train-diffusion": (cmd_train_diffusion, "fine-tune a masked LM into a diffusion LM",
+                        TrainDiffusionArgs, None),
+}
+
+
+def _config_class(ref):
+    return AppConfig if ref == "AppConfig" else ref
 
 
 def build_parser() -> Parser:
-    from ui import limits
+    """Flags from the config dataclasses; `serve` is the parser's default (its flags are also
+    accepted without a subcommand: `python dashboard.py --port 7861`)."""
     parser = Parser(prog="dashboard.py", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
+    add_flags(parser, AppConfig)
+    parser.set_defaults(command="serve")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
-
-    p = sub.add_parser("serve", help="serve the dashboard (the default)")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--share", action="store_true", help="also open a public Gradio link")
-    p.add_argument("--auth", metavar="USER:PASS", help="require a login")
-    p.add_argument("--models", metavar="NAME,...", help="registry entries to offer")
-    p.add_argument("--allow-custom-models", action="store_true",
-                   help="let the page load any HuggingFace id or local folder")
-    p.add_argument("--max-prompt-tokens", type=int, default=limits.DEFAULT_MAX_PROMPT_TOKENS,
-                   help="longer prompts are truncated, with a notice (default %(default)s)")
-    p.add_argument("--max-generation-length", type=int,
-                   default=limits.DEFAULT_MAX_GENERATION_LENGTH,
-                   help="the most tokens one generation may ask for (default %(default)s)")
-    p.add_argument("--max-concurrent-jobs", type=int, default=limits.DEFAULT_MAX_CONCURRENT_JOBS,
-                   help="jobs of one kind run at once; the rest wait in the queue "
-                        "(default %(default)s)")
-    _add_load_flags(p)
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("models", help="list the model registry and what is available")
-    p.add_argument("--json", metavar="PATH")
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser("analyze", help="layer and head metrics, predictions, attribution")
-    p.add_argument("--model", action="append", required=True, help="registry name (repeatable)")
-    p.add_argument("--prompt")
-    p.add_argument("--out", metavar="ZIP", help="write the bundle")
-    p.add_argument("--json", metavar="PATH")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--head-ablation", action="store_true",
-                   help="per-head attribution by exact ablation instead of gradients")
-    p.add_argument("--chat-template", action="store_true",
-                   help="put the prompt in the model's chat template (for everything analysed)")
-    p.add_argument("--seed", type=int, default=0)
-    _add_load_flags(p)
-    p.set_defaults(func=cmd_analyze)
-
-    p = sub.add_parser("predict", help="fill-mask top-k, next-token top-k and continuation")
-    p.add_argument("--model", required=True)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--max-new-tokens", type=int, default=12)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chat-template", action="store_true",
-                   help="put the prompt in the model's chat template")
-    p.add_argument("--json", metavar="PATH")
-    _add_load_flags(p)
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("generate", help="diffusion or autoregressive generation with a full trace")
-    p.add_argument("--model", required=True)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--length", type=int, required=True,
-                   help="canvas positions: the most tokens to generate")
-    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: length)")
-    p.add_argument("--block-length", type=int, default=None)
-    p.add_argument("--strategy", default="low_confidence",
-                   choices=["low_confidence", "high_confidence", "low_entropy", "high_entropy",
-                            "random"])
-    p.add_argument("--threshold", type=float, default=None,
-                   help="commit every position at least this confident (adaptive steps)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance")
-    p.add_argument("--schedule", choices=["linear", "cosine", "exponential"], default=None,
-                   help="schedule re-masking mode (RoBERTa-as-diffusion) instead of commit mode")
-    p.add_argument("--sampling", choices=["greedy", "top_k", "nucleus"], default="greedy")
-    p.add_argument("--ignore-eos", action="store_true",
-                   help="autoregressive: write on past the end-of-sequence token up to --length "
-                        "(by default it stops there; content tokens end there either way)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH")
-    p.add_argument("--out", metavar="ZIP", help="trace JSON, step GIF and HTML viewer")
-    _add_load_flags(p)
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("compare", help="autoregressive vs diffusion on a prompt set")
-    p.add_argument("--ar", required=True)
-    p.add_argument("--diffusion", required=True)
-    p.add_argument("--prompts", required=True, metavar="FILE",
-                   help="one prompt a line, optionally TAB and the expected answer")
-    p.add_argument("--length", type=int, default=4)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--block-length", type=int, default=None)
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seeds", type=int, default=1, help="seeds per prompt (consistency)")
-    p.add_argument("--json", metavar="PATH")
-    _add_load_flags(p)
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("train-diffusion", help="fine-tune a masked LM into a diffusion LM")
-    p.add_argument("--base", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--schedule", default="continuous",
-                   choices=["continuous", "linear", "cosine", "exponential"])
-    p.add_argument("--grow-layers", type=int, default=0,
-                   help="depth up-scaling: insert copies of existing layers first")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_train_diffusion)
+    for name, (_fn, help_text, ref, load_exclude) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        add_flags(p, _config_class(ref))
+        if load_exclude is not None:
+            add_flags(p, LoadOptions, exclude=load_exclude + (
+                ("trust_remote_code", "allow_pickle", "device", "dtype") if name == "serve" else ()))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "-v", "--verbose"):
-        argv = ["serve", *argv]
     try:
-        args = parser.parse_args(argv)
-        if not getattr(args, "func", None):
-            args = parser.parse_args(["serve", *argv])
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
-        return int(args.func(args) or 0)
-    except CliError as exc:
+        fn, _help, ref, _load = COMMANDS[args.command]
+        cls = _config_class(ref)
+        load_options = from_args(LoadOptions, args)
+        return int(fn(from_args(cls, args), load_options) or 0)
+    except (CliError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - user errors from the library
-        from models.errors import UserError
-
-        if isinstance(exc, UserError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

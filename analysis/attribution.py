@@ -95,7 +95,7 @@ def gradient_attribution(loaded, token_ids: list[int], position: int, target: in
     attention (no [T, T] weights kept) and, above CHECKPOINT_ABOVE, checkpointed blocks."""
     import torch
 
-    if loaded.attention != ATTENTION_NAME:
+    if loaded.attention not in (ATTENTION_NAME, "llada"):
         raise UserError(f"'{loaded.name}' runs its own eager attention: per-head attribution "
                         "needs the dashboard's attention implementation, which this model "
                         "does not match.")
@@ -117,7 +117,7 @@ def head_ablation(loaded, token_ids: list[int], position: int, target: int) -> n
     the gradient method, its first-order estimate)."""
     import torch
 
-    if loaded.attention != ATTENTION_NAME:
+    if loaded.attention not in (ATTENTION_NAME, "llada"):
         raise UserError(f"'{loaded.name}' runs its own eager attention: head ablation needs the "
                         "dashboard's attention implementation, which this model does not match.")
     n_layers, n_heads = loaded.n_layers, loaded.n_heads
@@ -173,7 +173,8 @@ def _lens_parts(model):
         return None, model.cls
     if hasattr(model, "lm_head") and hasattr(model, "roberta"):
         return None, model.lm_head
-    for path in ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm", "model.final_norm"):
+    for path in ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm", "model.final_norm",
+                 "model.transformer.ln_f"):
         obj = model
         try:
             for part in path.split("."):

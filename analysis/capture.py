@@ -186,7 +186,7 @@ def prediction_rows(loaded, ids: list[int]) -> list[int]:
     if loaded.task == "causal":
         return [len(ids) - 1]
     if loaded.task in ("fill-mask", "diffusion"):
-        mask = getattr(loaded.tokenizer, "mask_token_id", None)
+        mask = loaded.mask_id
         return [i for i, t in enumerate(ids) if mask is not None and t == mask]
     return []
 
@@ -213,7 +213,7 @@ def merged_pass_fits(loaded, t: int) -> bool:
     """Whether the capture of `t` tokens may also serve the gradient: its backward fits
     MERGED_PASS_MAX and the model runs the dashboard attention (which gates head outputs)."""
     return (sum(activation_bytes(loaded, t)) <= MERGED_PASS_MAX
-            and loaded.attention == ATTENTION_NAME)
+            and loaded.attention in (ATTENTION_NAME, "llada"))
 
 
 def gradient_inputs(loaded, ids):
@@ -243,13 +243,16 @@ class NoAttentionWeights(RuntimeError):
     """A model returned no attention weights (it was not run with eager attention)."""
 
 
-def output_head(model) -> tuple[str, object | None]:
+def output_head(loaded) -> tuple[str, object | None]:
     """How the capture gets logits only at the prediction rows, per call and without touching
     the model: ("keep", None) when its forward takes `logits_to_keep` (transformers' causal LMs),
     ("head", module) when it is a masked LM whose head can be applied to the backbone's last
     hidden state (BERT's `cls`, RoBERTa's `lm_head`), else ("all", None)."""
     import inspect
 
+    model = loaded.model
+    if loaded.adapter != "transformers":
+        return "all", None
     params = inspect.signature(model.forward).parameters
     if "logits_to_keep" in params:
         return "keep", None
@@ -264,27 +267,25 @@ def output_head(model) -> tuple[str, object | None]:
 
 def forward_pass(loaded, ids, rows: list[int], call, embeds=None):
     """One forward pass with hidden states; logits only at `rows` where the model allows it.
-    Returns (hidden_states tuple, logits [1, len(rows) or T, vocab] or None)."""
+    Returns (the model's output, logits [1, len(rows) or T, vocab] or None). The caller holds
+    `loaded.lock`; `call` None: the model's own eager attention, weights returned at once."""
     import torch
 
-    model = loaded.model
     inputs = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": ids}
-    kwargs = {KWARG: call} if call is not None else {"output_attentions": True}
-    how, head = output_head(model)
+    if call is None:
+        inputs["output_attentions"] = True
+    how, head = output_head(loaded)
     if how == "head":
-        out = model.base_model(**inputs, output_hidden_states=True, **kwargs)
-        last = out.last_hidden_state
-        logits = head(last[:, rows]) if rows else None
+        kw = {KWARG: call} if call is not None else {}
+        out = loaded.model.base_model(**inputs, output_hidden_states=True, **kw)
+        logits = head(out.last_hidden_state[:, rows]) if rows else None
         return out, logits
-    if how == "keep" and rows:
-        out = model(**inputs, output_hidden_states=True, use_cache=False,
-                    logits_to_keep=torch.tensor(rows, device=ids.device), **kwargs)
-    elif how == "keep":
-        out = model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1,
-                    **kwargs)
-        return out, None
-    else:
-        out = model(**inputs, output_hidden_states=True, **kwargs)
+    if how == "keep":
+        keep = torch.tensor(rows, device=ids.device) if rows else 1
+        out = loaded.run(call, **inputs, output_hidden_states=True, use_cache=False,
+                         logits_to_keep=keep)
+        return out, (out.logits if rows else None)
+    out = loaded.run(call, **inputs, output_hidden_states=True)
     logits = getattr(out, "logits", None)
     if logits is not None and rows and logits.shape[1] == ids.shape[1] and len(rows) != ids.shape[1]:
         logits = logits[:, rows]
@@ -316,7 +317,7 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
     else:
         ids, notices = list(input_ids), []
     rows = prediction_rows(loaded, ids) if logits else []
-    registered = loaded.attention == ATTENTION_NAME
+    registered = loaded.attention in (ATTENTION_NAME, "llada")  # per-call recording works
     merged = bool(gradient and rows and registered and merged_pass_fits(loaded, len(ids)))
     store = AttentionStore(loaded.n_layers, loaded.n_heads, len(ids), loaded.causal)
     call = None

@@ -121,24 +121,26 @@ def intrinsic_dim_pca95(h: np.ndarray) -> int | None:
     return None if s is None else _pca_dim_from_s(s)
 
 
-def _two_nearest(x: np.ndarray) -> np.ndarray:
+def _two_nearest(x: np.ndarray, gram: np.ndarray | None = None) -> np.ndarray:
     """Distances to the first and second nearest other row, `x  # [point, dim]` distinct rows.
 
     Centre `x` first (distances are unchanged, the screening below loses less to round-off).
 
     Returns [point, 2]. Works in row chunks so no N x N matrix is held: squared distances are
     screened with |x|^2 + |y|^2 - 2 x.y, and the best few candidates re-measured exactly
-    (the screening formula loses precision for close points).
+    (the screening formula loses precision for close points). `gram  # [point, point]`: the
+    rows' (centred) dot products when the caller has them already: the screening reads them
+    instead of computing x x^T again.
     """
     n = x.shape[0]
-    sq = np.einsum("ij,ij->i", x, x)
+    sq = np.einsum("ij,ij->i", x, x) if gram is None else np.diagonal(gram).copy()
     k = min(_TWONN_CANDIDATES, n - 1)
     chunk = max(1, min(n, _TWONN_CHUNK_BYTES // (8 * n)))
     out = np.empty((n, 2))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         xc = x[start:stop]
-        d2 = xc @ x.T
+        d2 = xc @ x.T if gram is None else gram[start:stop].copy()
         d2 *= -2.0
         d2 += sq[start:stop, None]
         d2 += sq[None, :]
@@ -159,10 +161,12 @@ def _two_nearest(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def twonn_ratios(h: np.ndarray) -> tuple[np.ndarray, int] | None:
+def twonn_ratios(h: np.ndarray, gram: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, int] | None:
     """(mu = r2 / r1 of every distinct row with r1 > 0, N = number of distinct rows) for TwoNN,
     `h  # [token, d_model]`; None with fewer than 10 distinct rows. Identical rows are merged
-    first: their r1 would be 0."""
+    first: their r1 would be 0. `gram  # [token, token]`: the rows' centred dot products, when
+    the caller has them (distances do not depend on the centre), for the neighbour screening."""
     raw = np.asarray(h)
     if raw.ndim != 2:
         raise ValueError(f"h must be 2-D [token, d_model], got shape {raw.shape}")
@@ -178,7 +182,7 @@ def twonn_ratios(h: np.ndarray) -> tuple[np.ndarray, int] | None:
     if n < _TWONN_MIN_POINTS:
         log.debug("TwoNN: %d distinct rows, need %d", n, _TWONN_MIN_POINTS)
         return None
-    r = _two_nearest(x)
+    r = _two_nearest(x, None if gram is None else gram[np.ix_(keep, keep)])
     ok = r[:, 0] > 0
     return r[ok, 1] / r[ok, 0], n
 
@@ -358,6 +362,69 @@ def _clean(v: float | int | None) -> float | int | None:
     return v if math.isfinite(v) else None
 
 
+def _spectrum_from_gram(lam: np.ndarray, m: np.ndarray) -> np.ndarray | None:
+    """`_centred_singular_values` from the Gram eigenvalues `lam` (largest first) of the centred
+    `m`: the same zero-variance test and numerical-zero tolerance."""
+    lam = np.clip(lam, 0.0, None)
+    scale = float(np.linalg.norm(m))
+    if lam.size == 0 or lam[0] <= 0.0 or math.sqrt(lam[0]) <= _ZERO_VARIANCE_REL * scale:
+        return None
+    tol = lam[0] * max(m.shape) * _EPS
+    return np.sqrt(lam[lam > tol])
+
+
+def _entropy_from_gram(g: np.ndarray, m: np.ndarray) -> float | None:
+    """`activation_entropy` from the token Gram `g = Hc Hc^T  # [token, token]` of `m`: the
+    Gram of the unit rows is g / (|hc_i| |hc_j|), so no second product is needed."""
+    t, d = m.shape
+    if t < 3:
+        return None
+    norms = np.sqrt(np.clip(np.diagonal(g), 0.0, None))
+    if norms.max(initial=0.0) <= _ZERO_VARIANCE_REL * float(np.linalg.norm(m)):
+        return None
+    keep = norms > norms.max() * 1e-12
+    if int(keep.sum()) < 2:
+        return None
+    k = g[np.ix_(keep, keep)] / np.outer(norms[keep], norms[keep])
+    lam = np.clip(np.linalg.eigvalsh(k), 0.0, None)
+    lam = lam / lam.sum()
+    denom = math.log(min(t - 1, d))
+    if denom <= 0.0:
+        return 0.0
+    return float(min(max(-float(np.sum(xlogy(lam, lam))) / denom, 0.0), 1.0))
+
+
+def _layer_values(m: np.ndarray, h0: np.ndarray) -> dict:
+    """Every hidden-state metric of one layer `m  # [token, d_model]` float64. With no more
+    tokens than dimensions one centred Gram matrix Hc Hc^T serves the singular values, the
+    activation entropy and the TwoNN neighbour screening (one T x T x d product instead of
+    three); otherwise each metric takes its own path. The same numbers either way (tested)."""
+    t, d = m.shape
+    if 2 <= t <= d:
+        hc = m - m.mean(axis=0, keepdims=True)
+        g = hc @ hc.T
+        s = _spectrum_from_gram(np.linalg.eigvalsh(g)[::-1], m)
+        ent = _entropy_from_gram(g, m)
+        ratios = twonn_ratios(m, g)
+    else:
+        s = _centred_singular_values(m) if t >= 2 else None
+        ent = activation_entropy(m)
+        ratios = twonn_ratios(m)
+    twonn = None if ratios is None else twonn_fit(*ratios)
+    ci = None if twonn is None else twonn_interval(*ratios)
+    return {
+        "effective_rank": None if s is None else _erank_from_s(s),
+        "participation_ratio": None if s is None else _pr_from_s(s, t),
+        "intrinsic_dim_pca95": None if s is None else _pca_dim_from_s(s),
+        "intrinsic_dim_twonn": twonn,
+        "activation_entropy": ent,
+        "cosine_to_input": cosine_to_input(m, h0),
+        "anisotropy": anisotropy(m),
+        "intrinsic_dim_twonn_ci_low": None if ci is None else ci[0],
+        "intrinsic_dim_twonn_ci_high": None if ci is None else ci[1],
+    }
+
+
 LAYER_METRIC_NAMES = ("effective_rank", "participation_ratio", "intrinsic_dim_pca95",
                       "intrinsic_dim_twonn", "activation_entropy", "cosine_to_input", "anisotropy",
                       "attention_entropy", "intrinsic_dim_twonn_ci_low",
@@ -385,32 +452,16 @@ def layer_metrics(hidden: np.ndarray, attentions=None, causal: bool = False,
         raise ValueError(f"attentions has {np.asarray(attentions).shape[0]} layers, "
                          f"hidden has {n_layers} + 1")
     out = {name: np.full(n_layers + 1, np.nan) for name in LAYER_METRIC_NAMES}
-    h0 = hid[0]
-    t = hid.shape[1]
+    h0 = np.asarray(hid[0], dtype=np.float64)
     for layer in range(n_layers + 1):
         m = np.asarray(hid[layer], dtype=np.float64)
-        s = _centred_singular_values(m) if t >= 2 else None
         if layer == 0:
             att_ent = None
         elif attention_entropy is not None:
             att_ent = attention_entropy[layer - 1]
         else:
             att_ent = layer_attention_entropy(attentions[layer - 1], causal)
-        ratios = twonn_ratios(m)
-        twonn = None if ratios is None else twonn_fit(*ratios)
-        ci = None if twonn is None else twonn_interval(*ratios)
-        values = {
-            "effective_rank": None if s is None else _erank_from_s(s),
-            "participation_ratio": None if s is None else _pr_from_s(s, t),
-            "intrinsic_dim_pca95": None if s is None else _pca_dim_from_s(s),
-            "intrinsic_dim_twonn": twonn,
-            "activation_entropy": activation_entropy(m),
-            "cosine_to_input": cosine_to_input(m, h0),
-            "anisotropy": anisotropy(m),
-            "attention_entropy": att_ent,
-            "intrinsic_dim_twonn_ci_low": None if ci is None else ci[0],
-            "intrinsic_dim_twonn_ci_high": None if ci is None else ci[1],
-        }
+        values = {**_layer_values(m, h0), "attention_entropy": att_ent}
         for name, v in values.items():
             v = _clean(v)
             if v is not None:

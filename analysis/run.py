@@ -134,7 +134,7 @@ def analyze_model(loaded, prompts: list[str] | str, top_k: int = 5, ablation: bo
             f"{met.TWONN_RELIABLE_TOKENS} tokens it is mostly noise): read its 95% interval, or "
             "measure a dataset (analyze --dataset).")
     predictions = _predictions(loaded, trace, top_k)
-    target = attr_mod.target_for(trace, loaded.tokenizer.mask_token_id)
+    target = attr_mod.target_for(trace, loaded.mask_id)
     attribution, support = None, None
     if target is not None:
         attribution, support = _attribution(loaded, trace, target, gradients, ablation)
@@ -168,7 +168,7 @@ def _one_prompt(prompts: list[str] | str) -> str:
 def _predictions(loaded, trace: Trace, top_k: int):
     if loaded.task in ("fill-mask", "diffusion"):
         if not trace.logit_rows:
-            trace.notices.append(f"No {loaded.tokenizer.mask_token} in the prompt: "
+            trace.notices.append(f"No {loaded.mask_text or '[MASK]'} in the prompt: "
                                  "no mask prediction or attribution.")
             return None
         return pred_mod.fill_mask(loaded, trace.prompt, trace.token_ids, trace.logits, top_k,

@@ -15,7 +15,8 @@ from typing import Any
 from models.errors import UserError
 
 __all__ = ["UserError", "check_text", "context_limit", "encode_prompt", "fit_to_context",
-           "prepare_input", "token_texts", "whole_number", "atomic_write", "file_safe"]
+           "prepare_input", "token_texts", "whole_number", "finite_number", "atomic_write",
+           "file_safe"]
 
 
 def check_text(text: str, what: str = "The prompt") -> str:
@@ -118,7 +119,9 @@ def fit_to_context(ids: Sequence[int], limit: int, keep: Sequence[int] = (), fro
 
 
 def prepare_input(loaded: Any, prompt: str, max_tokens: int | None = None,
-                  chat_template: bool = False) -> tuple[list[int], list[str]]:
+                  chat_template: bool = False,
+                  max_reason: str = "this server's limit (--max-prompt-tokens)"
+                  ) -> tuple[list[int], list[str]]:
     """Token ids for a prompt (the model's special tokens, or its chat template when asked),
     fitted to the context with a notice that says which tokens were analysed.
 
@@ -129,8 +132,8 @@ def prepare_input(loaded: Any, prompt: str, max_tokens: int | None = None,
         raise UserError("The prompt is empty. Type some text to analyse.")
     prompt = check_text(str(prompt))
     tok = loaded.tokenizer
-    mask = getattr(tok, "mask_token", None)
-    if mask and mask != "[MASK]":  # let users type [MASK] for RoBERTa's <mask> and the like
+    mask = getattr(loaded, "mask_text", getattr(tok, "mask_token", None))
+    if mask and mask != "[MASK]":  # let users type [MASK] for RoBERTa's <mask>, LLaDA's <|mdm_mask|>
         prompt = prompt.replace("[MASK]", mask)
     notices = []
     if chat_template and not getattr(tok, "chat_template", None):
@@ -140,11 +143,11 @@ def prepare_input(loaded: Any, prompt: str, max_tokens: int | None = None,
     limit = context_limit(loaded.model) or 2048
     whose = f"{loaded.name}"
     if max_tokens is not None and max_tokens < limit:
-        limit, whose = max_tokens, "this server's limit (--max-prompt-tokens)"
+        limit, whose = max_tokens, max_reason
     if len(ids) <= limit:
         return ids, notices
     special = set(tok.all_special_ids)
-    mask_id = getattr(tok, "mask_token_id", None)
+    mask_id = getattr(loaded, "mask_id", getattr(tok, "mask_token_id", None))
     keep = ([i for i, t in enumerate(ids) if t == mask_id]
             if loaded.task in ("fill-mask", "diffusion") and mask_id is not None else [])
     ids, notice = fit_to_context(
@@ -182,6 +185,19 @@ def whole_number(name: str, value: Any, lo: int | None = None, hi: int | None = 
                else f"at least {lo}" if lo is not None else f"at most {hi}")
         raise UserError(f"{name} must be {rng}, got {value}.")
     return value
+
+
+def finite_number(name: str, value: Any) -> float:
+    """`value` as a finite float, or a UserError naming the setting (a bool is not a number)."""
+    if isinstance(value, bool):
+        raise UserError(f"{name} must be a number, got {value!r}.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(v):
+        raise UserError(f"{name} must be a finite number, got {value!r}.")
+    return v
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:

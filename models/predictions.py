@@ -73,7 +73,7 @@ def check_top_k(top_k: int) -> int:
 
 
 def mask_positions(loaded: Loaded, ids: list[int]) -> list[int]:
-    mask_id = loaded.tokenizer.mask_token_id
+    mask_id = loaded.mask_id
     if mask_id is None:
         raise UserError(f"'{loaded.name}' has no mask token, so it cannot fill masks.")
     return [i for i, t in enumerate(ids) if t == mask_id]
@@ -87,8 +87,8 @@ def fill_mask(loaded: Loaded, prompt: str, ids: list[int], logits: np.ndarray,
     tok = loaded.tokenizer
     positions = mask_positions(loaded, ids)
     if not positions:
-        raise UserError(f"The prompt has no {tok.mask_token} token for '{loaded.name}' to fill. "
-                        f"Example: 'the capital of japan is {tok.mask_token}.'")
+        raise UserError(f"The prompt has no {loaded.mask_text} token for '{loaded.name}' to fill. "
+                        "Example: 'the capital of japan is [MASK].'")
     masks = []
     filled = list(ids)
     for pos in positions:
@@ -150,7 +150,15 @@ def predict(loaded: Loaded, prompt: str, top_k: int = 5, max_new_tokens: int = 1
     if loaded.task == "encoder":
         raise UserError(f"'{loaded.name}' is an encoder without an LM head; it predicts nothing. "
                         "Use `analyze` to look inside it.")
-    ids, notices = prepare_input(loaded, prompt, chat_template=chat_template)
+    limit = context_limit(loaded.model) or 2048
+    if loaded.task == "causal" and max_new_tokens >= limit:
+        raise UserError(f"{max_new_tokens} new tokens do not fit the context of '{loaded.name}' "
+                        f"({limit} tokens, the prompt included).")
+    # a causal model's prompt is fitted so that the continuation has room
+    room = limit - max_new_tokens if loaded.task == "causal" else None
+    ids, notices = prepare_input(loaded, prompt, max_tokens=room, chat_template=chat_template,
+                                 max_reason=f"{loaded.name} with room for {max_new_tokens} new "
+                                            "tokens")
     with loaded.lock, torch.no_grad():
         logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.torch_device)
                               ).logits[0].float().cpu().numpy()

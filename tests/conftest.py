@@ -54,3 +54,10 @@ def llama():
     from models.loading import load
 
     return load("tiny-llama")
+
+
+def page_analyze(client, *inputs, submit: bool = False):
+    """The Overall tab's Analyze event through gradio_client (an undocumented page event, so
+    every input is given: models, [custom,] prompt, chat template off, gradient support)."""
+    call = client.submit if submit else client.predict
+    return call(*inputs, False, "gradient", api_name="/page_analyze")

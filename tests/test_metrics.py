@@ -302,3 +302,26 @@ def test_layer_metrics_report_the_twonn_interval():
     assert np.all(out["intrinsic_dim_twonn_ci_low"] <= out["intrinsic_dim_twonn"])
     assert np.all(out["intrinsic_dim_twonn"] <= out["intrinsic_dim_twonn_ci_high"])
     assert M.TWONN_RELIABLE_TOKENS >= 100
+
+
+@pytest.mark.parametrize("shape", [(40, 64), (64, 40), (12, 12), (3, 8)])
+def test_one_gram_per_layer_gives_the_separate_functions_numbers(shape):
+    """layer_metrics shares one centred Gram matrix between the spectrum, the activation
+    entropy and the TwoNN screening when T <= d: the numbers equal the single functions'."""
+    rng = _rng(sum(shape))
+    hidden = rng.normal(size=(2, *shape)) @ np.diag(rng.uniform(0.1, 3.0, shape[1]))
+    hidden[1, :2] = hidden[1, 2]  # duplicate rows: TwoNN merges them
+    out = M.layer_metrics(hidden, None, causal=True, attention_entropy=[0.5])
+    for layer in range(2):
+        h = hidden[layer]
+        for name, fn in (("effective_rank", M.effective_rank),
+                         ("participation_ratio", M.participation_ratio),
+                         ("intrinsic_dim_pca95", M.intrinsic_dim_pca95),
+                         ("intrinsic_dim_twonn", M.intrinsic_dim_twonn),
+                         ("activation_entropy", M.activation_entropy)):
+            expect = fn(h)
+            got = out[name][layer]
+            if expect is None:
+                assert np.isnan(got), (name, layer)
+            else:
+                assert got == pytest.approx(expect, rel=1e-10, abs=1e-12), (name, layer)

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import free_port, have
+from tests.conftest import free_port, have, page_analyze
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not have("tiny-gpt2"), reason="embedded tiny-gpt2 missing")]
@@ -34,7 +34,7 @@ def top_label(value) -> str:
 
 
 def bundle_of(c) -> zipfile.ZipFile:
-    file, _log = c.predict(api_name="/bundle")
+    file, _log = c.predict(api_name="/page_bundle")
     # the File output comes as an update (it is made visible); the client has downloaded it
     path = file["value"] if isinstance(file, dict) else file
     with open(path, "rb") as f:
@@ -43,7 +43,7 @@ def bundle_of(c) -> zipfile.ZipFile:
 
 def test_analyse_and_download_the_bundle(url):
     c = client(url)
-    out = shown(c.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze"))
+    out = shown(page_analyze(c, ["tiny-gpt2"], "the capital of japan is"))
     assert top_label(out["predictions-0"]) == "tokyo"
     assert "tiny-gpt2" in out["model-header-0"] and "5 tokens" in out["model-header-0"]
     assert len(out["metrics-table"]["data"]) == 4  # layers 0..3 of tiny-gpt2
@@ -60,25 +60,26 @@ def test_analyse_and_download_the_bundle(url):
     assert "report.pdf" in names and "session_log.html" in names
     for name, meta in manifest["files"].items():
         assert name in names and meta["sha256"]
-    # the layer view redraws from the stored analysis through the API too; /layer_model first
-    # (as the page does after an analysis): it sets this session's slider ranges to the model's
-    layer_view = c.predict("tiny-gpt2", 1, 0, api_name="/layer_model")
-    assert layer_view[1]["maximum"] == model["n_layers"]
-    info, pattern, grid = c.predict("tiny-gpt2", 3, 1, api_name="/layer")
-    assert "layer 3 / 3" in info and "head 1" in info
-    assert pattern["plot"].startswith("data:image/png") and grid["plot"] != pattern["plot"]
+    # the Layer tab answers from the stored analysis through the API too (undocumented
+    # endpoints of the page): the model's panels, then a selection, and a refused one
+    out = c.predict("tiny-gpt2", api_name="/layer_model")
+    assert "the capital of japan is" in out[1] and "tiny-gpt2" in out[1]  # the banner
+    layer, head, error, info, *_ = c.predict("tiny-gpt2", 3, 1, api_name="/layer_select")
+    assert (layer, head, error) == (3, 1, "") and "layer 3 / 3" in info and "head 1" in info
+    layer, head, error, *_ = c.predict("tiny-gpt2", 0, 1, api_name="/layer_select")
+    assert "Layer must be between 1 and 3, got 0" in error and (layer, head) == (3, 1)
     with pytest.raises(Exception, match="not in the current analysis"):
-        c.predict("tiny-bert", 1, 0, api_name="/layer")
+        c.predict("tiny-bert", 1, 0, api_name="/layer_select")
 
 
 def test_two_clients_do_not_see_each_others_results(url):
     from gradio_client.exceptions import AppError
 
     a, b = client(url), client(url)
-    a.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze")
+    page_analyze(a, ["tiny-gpt2"], "the capital of japan is")
     with pytest.raises(AppError, match="Run an analysis first"):
-        b.predict(api_name="/bundle")
-    b.predict(["tiny-gpt2"], "red ball moon tree red ball moon tree", api_name="/analyze")
+        b.predict(api_name="/page_bundle")
+    page_analyze(b, ["tiny-gpt2"], "red ball moon tree red ball moon tree")
     assert json.loads(bundle_of(a).read("manifest.json"))["prompts"] == ["the capital of japan is"]
     assert json.loads(bundle_of(b).read("manifest.json"))["prompts"] == [
         "red ball moon tree red ball moon tree"]
@@ -89,10 +90,10 @@ def test_a_bad_request_is_a_readable_error_and_the_app_keeps_working(url):
 
     c = client(url)
     with pytest.raises(AppError, match="prompt is empty"):
-        c.predict(["tiny-gpt2"], "", api_name="/analyze")
+        page_analyze(c, ["tiny-gpt2"], "")
     with pytest.raises(AppError):  # not offered by this app: refused before anything is loaded
-        c.predict(["gpt2"], "hello", api_name="/analyze")
-    out = shown(c.predict(["tiny-gpt2"], "the capital of japan is", api_name="/analyze"))
+        page_analyze(c, ["gpt2"], "hello")
+    out = shown(page_analyze(c, ["tiny-gpt2"], "the capital of japan is"))
     assert top_label(out["predictions-0"]) == "tokyo"  # answered after the refusals
 
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from models.errors import UserError
-from ui import details_tab, diffusion_tab, layer_tab, overall_tab
+from models.common import UserError
+from ui import api, details_tab, diffusion_tab, layer_tab, overall_tab
 from ui import limits as limits_mod
-from ui.state import new_state
+from ui.config import AppConfig
+from ui.state import friendly_errors, new_state
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +35,10 @@ CSS = """
 #details table { font-size: 14px; }
 #details th, #details td { word-break: normal; overflow-wrap: normal; }
 #details td code { white-space: nowrap; }
+#layer-error:empty, #target-info:empty { display: none; }
+#layer-error p { color: #b42318; font-weight: 500; margin: 0; }
+#layer-source p { margin: 0.2em 0; }
 """
-
-
-@dataclass
-class AppConfig:
-    host: str = "0.0.0.0"
-    port: int = 7860
-    share: bool = False
-    auth: str | None = None  # "USER:PASS"
-    models: list[str] | None = None  # None: the registry default (the available embedded models)
-    allow_custom_models: bool = False  # any HF id / local folder typed into the page
-    trust_remote_code: bool = False  # only from the command line, never settable from the page
-    max_prompt_tokens: int = limits_mod.DEFAULT_MAX_PROMPT_TOKENS  # longer prompts: truncated
-    allow_pickle: bool = False
-    max_models_per_analysis: int = 4
-    max_generation_length: int = limits_mod.DEFAULT_MAX_GENERATION_LENGTH  # tokens per generation
-    max_concurrent_jobs: int = limits_mod.DEFAULT_MAX_CONCURRENT_JOBS  # the queue's default limit
-    session_ttl_s: float | None = limits_mod.DEFAULT_SESSION_TTL_S  # results dropped after this
 
 
 @dataclass
@@ -92,16 +79,29 @@ def check_config(config: AppConfig) -> None:
     if not 0 <= int(config.port) <= 65535:
         raise UserError(f"--port must be 0..65535, got {config.port}.")
     limits_mod.check_limits(config)
+    from models.loading import LoadOptions, check_options
+
+    check_options(LoadOptions(device=config.device, dtype=config.dtype))  # refused before serving
     if int(config.max_models_per_analysis) < 1:
         raise UserError("max_models_per_analysis must be at least 1.")
     parse_auth(config.auth)
+
+
+def runs_on(config: AppConfig) -> str:
+    """One line saying where models run here: the device and the weights' dtype."""
+    from models.loading import resolve_device, resolve_dtype
+
+    device = resolve_device(config.device)
+    return (f"Models run on **{device}** with **{resolve_dtype(config.dtype, device)}** weights "
+            "(metrics in float64).")
 
 
 def make_context(config: AppConfig, models: list[str] | None = None) -> Context:
     from models.loading import LoadOptions, load
 
     options = LoadOptions(trust_remote_code=config.trust_remote_code,
-                          allow_pickle=config.allow_pickle, allow_custom=True)
+                          allow_pickle=config.allow_pickle, allow_custom=True,
+                          device=config.device, dtype=config.dtype)
     return Context(config=config, models=offered_models(config) if models is None else models,
                    load=lambda name: load(name, options))
 
@@ -116,14 +116,14 @@ def build_app(config: AppConfig, ctx: Context | None = None) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nLook inside transformer language models: how representations "
                     "change layer by layer, what every attention head does, what the model "
                     "predicts and why. Start on **Overall**, then open **Layer Analysis**; "
-                    "**Details** explains every number.", elem_id="title")
+                    f"**Details** explains every number. {runs_on(config)}", elem_id="title")
         if not ctx.models:
             gr.Markdown("**No model is available.** The embedded checkpoints are missing from "
                         "`models/embedded/`; retrain them (see README).", elem_id="no-models")
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Overall", id="overall", elem_id="tab-overall"):
                 ctx.tabs["overall"] = overall_tab.build(ctx)
-            with gr.Tab("Layer Analysis", id="layer", elem_id="tab-layer"):
+            with gr.Tab("Layer Analysis", id="layer", elem_id="tab-layer") as layer_tab_page:
                 ctx.tabs["layer"] = layer_tab.build(ctx)
             with gr.Tab("Diffusion", id="diffusion", elem_id="tab-diffusion"):
                 ctx.tabs["diffusion"] = diffusion_tab.build(ctx)
@@ -131,6 +131,12 @@ def build_app(config: AppConfig, ctx: Context | None = None) -> gr.Blocks:
                 ctx.tabs["details"] = details_tab.build(ctx)
         # an analysis refreshes the Layer Analysis tab from the stored result (no model re-run)
         layer_tab.wire_analysis(ctx, ctx.tabs["overall"].analyzed, ctx.tabs["layer"])
+        layer_tab.wire_tab_open(ctx, layer_tab_page, ctx.tabs["layer"])  # e.g. after a diffusion step
+        # a bundle opened in Layer Analysis becomes the session's analysis: Overall shows it too
+        ctx.tabs["layer"].extra["bundle_opened"].success(
+            friendly_errors(lambda s: overall_tab.show_event(ctx, s)), [ctx.state],
+            ctx.tabs["overall"].outputs, api_visibility="private", show_progress="hidden")
+        api.build(ctx)  # the named endpoints: analyze, predict, generate (the CLI's JSON)
     return demo
 
 

@@ -85,9 +85,14 @@ def _threads_note(facts: list[dict]) -> str:
     return ""
 
 
+GENERATION_MD = Path(__file__).resolve().parent / "details_generation.md"
+
+
 def details_markdown() -> str:
     text = DETAILS_MD.read_text(encoding="utf-8")
-    return text.replace(PLACEHOLDER, facts_markdown(embedded_facts()))
+    generation = GENERATION_MD.read_text(encoding="utf-8") if GENERATION_MD.is_file() else ""
+    return (text.replace(PLACEHOLDER, facts_markdown(embedded_facts()))
+            .replace("{{GENERATION}}", generation))
 
 
 def build(ctx) -> gr.Markdown:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from models.errors import UserError
+from models.common import UserError, whole_number
 
 DEFAULT_MAX_PROMPT_TOKENS = 512
 DEFAULT_MAX_GENERATION_LENGTH = 256
@@ -29,27 +29,14 @@ DEFAULT_SESSION_TTL_S = 7200.0  # a session's results are dropped this long afte
 MODEL_CONCURRENCY_ID = "model"
 
 
-def _whole(name: str, value: Any, lo: int, flag: str | None = None) -> int:
-    """`value` as an int >= lo, or a UserError naming the setting (a bool is not a number)."""
-    where = f" ({flag})" if flag else ""
-    if isinstance(value, bool):
-        raise UserError(f"{name}{where} must be a whole number, got {value!r}.")
-    if isinstance(value, float):
-        if not math.isfinite(value) or value != int(value):
-            raise UserError(f"{name}{where} must be a whole number, got {value!r}.")
-        value = int(value)
-    if not isinstance(value, int):
-        raise UserError(f"{name}{where} must be a whole number, got {value!r}.")
-    if value < lo:
-        raise UserError(f"{name}{where} must be at least {lo}, got {value}.")
-    return value
-
-
 def check_limits(config) -> None:
     """Validate the limits of an AppConfig (at start-up, before anything is served)."""
-    _whole("max_prompt_tokens", config.max_prompt_tokens, 2, "--max-prompt-tokens")
-    _whole("max_generation_length", config.max_generation_length, 1, "--max-generation-length")
-    _whole("max_concurrent_jobs", config.max_concurrent_jobs, 1, "--max-concurrent-jobs")
+    whole_number("max_prompt_tokens (--max-prompt-tokens)", config.max_prompt_tokens, 2)
+    whole_number("max_generation_length (--max-generation-length)",
+                 config.max_generation_length, 1)
+    whole_number("max_concurrent_jobs (--max-concurrent-jobs)", config.max_concurrent_jobs, 1)
+    whole_number("max_dataset_texts (--max-dataset-texts)",
+                 getattr(config, "max_dataset_texts", 1), 1)
     ttl = config.session_ttl_s
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)
                             or math.isnan(ttl) or ttl <= 0):
@@ -59,7 +46,7 @@ def check_limits(config) -> None:
 def check_generation_length(config, n: Any) -> int:
     """`n` (tokens to generate) as an int in 1..config.max_generation_length, else UserError."""
     limit = int(config.max_generation_length)
-    n = _whole("The generation length", n, 1)
+    n = whole_number("The generation length", n, 1)
     if n > limit:
         raise UserError(f"The generation length {n} is over this server's limit of {limit} tokens; "
                         "choose a shorter length (the limit is set with --max-generation-length).")

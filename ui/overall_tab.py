@@ -18,12 +18,12 @@ import pandas as pd
 
 from analysis.result import LAYER_COLUMNS, TWONN_INTERVAL_COLUMNS, Analysis, ModelResult
 from models.common import UserError, file_safe
-from ui import limits
+from ui import dataset_panel, limits
+from ui.inputs import check_prompt, chosen_models  # noqa: F401 - tests call them here
 from ui.state import Session, friendly_errors, safe_text
 
 log = logging.getLogger(__name__)
 
-MAX_PROMPT_CHARS = 20_000
 TOP_K = 5
 
 # (prompt, models it is meant for); only examples whose models are offered are shown
@@ -50,7 +50,7 @@ def output_names(n_slots: int) -> list[str]:
     names = ["state", "notices", "metric-curves", "metrics-table", "download", "session-log"]
     for i in range(n_slots):
         names += slot_names(i)
-    return names
+    return names + ["result-header"]
 
 
 @dataclass
@@ -66,41 +66,6 @@ class OverallTab:
 
 
 # ---------------------------------------------------------------------------- pure helpers
-
-
-def chosen_models(ctx, models: list[str] | str | None, custom: str | None) -> list[str]:
-    """The model names to analyse, checked against what this app offers."""
-    if isinstance(models, str):
-        models = [models]
-    names = [m for m in (models or []) if m]
-    for m in names:
-        if m not in ctx.models:
-            raise UserError(f"Model '{m}' is not offered here. Choose from: {', '.join(ctx.models)}.")
-    custom = (custom or "").strip()
-    if custom:
-        if not ctx.config.allow_custom_models:
-            raise UserError("Custom models are disabled; start the dashboard with "
-                            "--allow-custom-models to enable them.")
-        from models.registry import resolve
-
-        names.append(resolve(custom, allow_custom=True).name)
-    names = list(dict.fromkeys(names))
-    if not names:
-        raise UserError("Choose at least one model.")
-    limit = ctx.config.max_models_per_analysis
-    if len(names) > limit:
-        raise UserError(f"Choose at most {limit} models at a time (got {len(names)}).")
-    return names
-
-
-def check_prompt(prompt: str | None) -> str:
-    prompt = prompt or ""
-    if not prompt.strip():
-        raise UserError("The prompt is empty. Type some text to analyse, or pick an example.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise UserError(f"The prompt has {len(prompt):,} characters; the limit is "
-                        f"{MAX_PROMPT_CHARS:,}.")
-    return prompt
 
 
 def metric_header(column: str) -> str:
@@ -208,6 +173,24 @@ def model_header(result: ModelResult) -> str:
     return (f"### {result.name}\n{result.trace.task}, {result.trace.n_layers} layers × "
             f"{result.trace.n_heads} heads{size}; {result.trace.n_tokens} tokens{chat}; "
             f"analysed in {result.seconds:.2f} s on {result.info.device} ({result.info.dtype})")
+
+
+def result_header(analysis: Analysis) -> str:
+    """What the panels below show: the prompt, the models and the settings of the analysis (or
+    that it is a step of a diffusion run, not an analysis of the Overall prompt)."""
+    settings = analysis.settings or {}
+    models = ", ".join(f"`{r.name}`" for r in analysis.results)
+    if settings.get("source") == "diffusion step":
+        return (f"**Showing a diffusion step**, not an analysis of the prompt above: step "
+                f"{settings.get('step')} of {settings.get('steps')} of {models}, "
+                f"{settings.get('masked')} positions still masked, prompt “{analysis.prompts[0]}”.")
+    prompt = analysis.prompts[0] if analysis.prompts else ""
+    short = prompt if len(prompt) <= 160 else prompt[:157] + "…"
+    tokens = ", ".join(f"{r.trace.n_tokens}" for r in analysis.results)
+    method = "ablation (exact)" if settings.get("ablation") else "gradient (first-order)"
+    chat = "applied" if settings.get("chat_template") else "not applied"
+    return (f"**Showing** the analysis of “{short}” ({tokens} tokens) by {models}; chat template "
+            f"{chat}; head support by {method}; run {analysis.created or ''} UTC.")
 
 
 def notices_markdown(analysis: Analysis, extra: list[str]) -> str:
@@ -347,7 +330,7 @@ def show_event(ctx, session: Session, extra: list[str] | None = None) -> tuple:
         else:
             slots += [gr.Column(visible=False), "", None, "", [], None, None]
     out.append(session_log_table(session))
-    return tuple(out + slots)
+    return tuple(out + slots + [result_header(analysis)])
 
 
 def _with_log(out: tuple, session: Session) -> tuple:
@@ -436,11 +419,12 @@ def build(ctx) -> OverallTab:
                         "Models load on first use.", elem_id="analyze-help")
             chat = gr.Checkbox(False, label="Chat template (chat models: the prompt is "
                                "analysed inside the model's template)", elem_id="chat-template")
-            head_method = gr.Radio(list(HEAD_METHODS), value=next(iter(HEAD_METHODS)),
-                                   label="Per-head attribution", elem_id="head-method")
+            head_method = gr.Radio(list(HEAD_METHODS.items()), value="gradient",
+                                   label="Per-head support", elem_id="head-method")
             bundle_btn = gr.Button("Build ZIP bundle", elem_id="bundle-btn")
             download = gr.File(label="Download (ZIP: PDF report, CSV, NPY, PNG, session log)",
                                elem_id="download", interactive=False, visible=False)
+    header = gr.Markdown("Results appear here after **Analyze**.", elem_id="result-header")
     notices = gr.Markdown("", elem_id="notices")
     curves = gr.Plot(label="Layer metrics against relative depth", elem_id="metric-curves",
                      format="png", show_label=False)
@@ -469,11 +453,14 @@ def build(ctx) -> OverallTab:
                            format="png", show_label=False)
         slot_outputs += [slot, header, label, text, highlight, norm, corr]
         texts.append(text)
+    with gr.Accordion("Dataset mode: layer geometry over many texts", open=False,
+                      elem_id="dataset-accordion"):
+        dataset_panel.build(ctx, models)
     with gr.Accordion("Session log", open=False, elem_id="session-log-accordion"):
         session_log = gr.Dataframe(value=session_log_table(Session()), elem_id="session-log",
                                    interactive=False, wrap=True, show_label=False)
 
-    outputs = [ctx.state, notices, curves, table, download, session_log, *slot_outputs]
+    outputs = [ctx.state, notices, curves, table, download, session_log, *slot_outputs, header]
 
     if custom is None:
         @friendly_errors
@@ -490,10 +477,23 @@ def build(ctx) -> OverallTab:
 
     inputs = [ctx.state, models] + ([custom] if custom is not None else []) + [prompt, chat,
                                                                                head_method]
-    analyzed = [analyze_btn.click(on_analyze, inputs, outputs, api_name="analyze",
-                                  concurrency_id=limits.MODEL_CONCURRENCY_ID, concurrency_limit=1),
-                prompt.submit(on_analyze, inputs, outputs, api_visibility="private",
-                              concurrency_id=limits.MODEL_CONCURRENCY_ID, concurrency_limit=1)]
+
+    def busy():  # shown at once; a click while a job runs waits its turn in the queue
+        return gr.Button(value="Analyzing… (another click waits its turn)", variant="secondary")
+
+    def idle():
+        return gr.Button(value="Analyze", variant="primary")
+
+    analyzed = []
+    for trigger, kw in ((analyze_btn.click, dict(api_name="page_analyze",
+                                                 api_visibility="undocumented")),
+                        (prompt.submit, dict(api_visibility="private"))):
+        started = trigger(busy, None, [analyze_btn], queue=False, api_visibility="private",
+                          trigger_mode="multiple")
+        done = started.then(on_analyze, inputs, outputs, concurrency_id=limits.MODEL_CONCURRENCY_ID,
+                            concurrency_limit=1, **kw)
+        done.then(idle, None, [analyze_btn], queue=False, api_visibility="private")
+        analyzed.append(done)
 
     @friendly_errors
     def on_continue(session):
@@ -508,6 +508,7 @@ def build(ctx) -> OverallTab:
     def on_bundle(session):
         return bundle_event(ctx, session)
 
-    bundle_btn.click(on_bundle, [ctx.state], [download, ctx.state, session_log], api_name="bundle",
+    bundle_btn.click(on_bundle, [ctx.state], [download, ctx.state, session_log],
+                     api_name="page_bundle", api_visibility="undocumented",
                      concurrency_id="bundle", concurrency_limit=2)
     return OverallTab(prompt, models, custom, analyze_btn, bundle_btn, download, outputs, analyzed)
