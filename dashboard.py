@@ -194,10 +194,13 @@ class PredictArgs:
 
 @dataclass
 class GenerateArgs:
-    model: str = opt(help="a diffusion (masked) or causal model", required=True)
+    model: str = opt(help="a diffusion (masked or uniform-noise) or causal model",
+                     required=True)
     prompt: str = opt(help="the text to continue", required=True)
-    length: int = opt(help="canvas positions to generate", required=True)
-    steps: int | None = opt(help="diffusion steps (default: length)")
+    length: int = opt(help="canvas positions to generate (uniform-noise: rounded up to whole "
+                           "blocks of the model's canvas)", required=True)
+    steps: int | None = opt(help="diffusion steps (default: length; uniform-noise: the most "
+                                 "per block, default the model's max_denoising_steps)")
     block_length: int | None = opt(help="semi-autoregressive blocks of this many positions")
     strategy: str = opt("low_confidence", "which masked positions are committed first",
                         choices=STRATEGIES)
@@ -457,6 +460,12 @@ def cmd_generate(args: GenerateArgs, load_options: LoadOptions) -> int:
         full, read = result.kv_refreshes, result.nfe - result.kv_refreshes
         print(f"KV cache {result.cache}: {full} full pass{'es' * (full != 1)} rebuilt it, "
               f"{read} pass{'es' * (read != 1)} read it (approximate)")
+    if result.noise == "uniform":
+        revised = sum(len(r.revised or []) for r in result.trace)
+        print(f"uniform noise, entropy-bound sampler, blocks of {result.block_length}: "
+              f"{result.encoder_passes} encoder pass{'es' * (result.encoder_passes != 1)} wrote "
+              f"the KV cache; {revised} time{'s' * (revised != 1)} an accepted token changed "
+              "later")
     if result.stop_note:
         print(result.stop_note)
     print(f"text: {result.text}")

@@ -1,5 +1,9 @@
 """Autoregressive against masked diffusion on a prompt set: speed, accuracy, agreement with the
 uncached one-token-per-step answer, quality (fluency, relevance) and consistency across seeds.
+
+A uniform-noise diffusion model (DiffusionGemma) runs through the same ``diffusion_generate``
+(which hands it to models.uniform_diffusion); it has no uncached one-token-per-step reference,
+so its runs carry no agreement (None), and the masked-only settings get its UserError.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from models.diffusion import diffusion_generate
 from models.quality import perplexity, relevance
 from models.sampling import MAX_SEED, end_ids
 from models.trace import GenerationResult
+from models.uniform_diffusion import is_uniform
 
 MAX_PROMPTS = 1000
 MAX_PROMPTS_BYTES = 1_000_000
@@ -200,7 +205,8 @@ class _Runs:
     def warm_up(self, prompt: str, seed: int) -> None:
         self.run_ar(prompt, seed, 1)
         chat = self.diffusion.get("use_chat_template", False)
-        diffusion_generate(self.diff, prompt, 1, strategy=self.diffusion["strategy"],
+        # one position in one step (a uniform-noise model: one step of one block)
+        diffusion_generate(self.diff, prompt, 1, steps=1, strategy=self.diffusion["strategy"],
                            n_candidates=0, use_chat_template=chat, measure_memory=False)
 
 
@@ -263,7 +269,7 @@ def compare(ar_loaded: Any, diff_loaded: Any, prompts: Sequence[tuple[str, str |
             for paradigm in order:
                 res = (runs.run_ar(prompt, seed) if paradigm == "autoregressive"
                        else runs.run_diff(prompt, seed))
-                if paradigm == "diffusion" and reference:
+                if paradigm == "diffusion" and reference and not is_uniform(diff_loaded):
                     res.agreement = agreement(res, runs.reference(prompt, seed, res), ends)
                 row[paradigm] = _item(res, expected, quality)
                 per[paradigm].append({**row[paradigm], "prompt_index": pi})

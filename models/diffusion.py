@@ -9,6 +9,10 @@ stopping) and the RoBERTa-as-diffusion schedule re-masking mode.
 - ``remask_generate``: every step re-predicts *all* generated positions, then re-masks the
   least confident fraction given by a schedule (reference 002). Tokens may change.
 
+A uniform-noise block diffusion model (DiffusionGemma, ``loaded.paradigm == "uniform"``) has
+nothing to unmask: ``diffusion_generate`` hands it to ``models.uniform_diffusion``, and the
+re-masking mode refuses it.
+
 Definitions: ``models.generation``'s docstring. Every run holds ``loaded.lock`` for its passes.
 """
 
@@ -54,6 +58,7 @@ from models.sampling import (
     top_candidates,
 )
 from models.trace import GenerationResult, RawStep, records, same_steps
+from models.uniform_diffusion import is_uniform, uniform_generate
 
 # --------------------------------------------------------------------------------------------
 # The canvas and its forward passes
@@ -313,8 +318,17 @@ def diffusion_generate(loaded: Any, prompt: str, length: int, steps: int | None 
     ``early_stop``: end the run once its content is decided (an end-of-sequence token committed
     with nothing masked before it); the trace's last step says so, and ``token_ids`` then end
     at that token like an autoregressive run's. ``measure_memory=False`` skips the peak-memory
-    measurement (on CPU an untimed profiled replay).
+    measurement (on CPU an untimed profiled replay). A uniform-noise model (``loaded.paradigm``
+    "uniform", DiffusionGemma) runs ``models.uniform_diffusion.uniform_generate`` instead, with
+    these settings checked there (those of masked diffusion only at their defaults).
     """
+    if is_uniform(loaded):  # DiffusionGemma: its own sampler, settings checked there
+        return uniform_generate(loaded, prompt, length, steps=steps, block_length=block_length,
+                                strategy=strategy, threshold=threshold, temperature=temperature,
+                                top_k=top_k, top_p=top_p, seed=seed, cfg_scale=cfg_scale,
+                                n_candidates=n_candidates, use_chat_template=use_chat_template,
+                                measure_memory=measure_memory, cache=cache,
+                                early_stop=early_stop)
     s = commit_settings(loaded, length, steps, block_length, strategy, threshold, temperature,
                         top_k, top_p, seed, cfg_scale, n_candidates, cache, early_stop)
     prompt = check_prompt(prompt)

@@ -1,7 +1,7 @@
 """Autoregressive and masked-diffusion samplers that record every step: the public API.
 
 The samplers live in small modules; this one names what callers use and defines what they
-count. Three samplers share one result type (``GenerationResult``, models.trace) and one trace
+count. Four samplers share one result type (``GenerationResult``, models.trace) and one trace
 format, so the UI, the command line, the GIF/HTML exports and the comparison read the same data:
 
 - ``diffusion_generate``: masked diffusion with low-confidence remasking as in LLaDA (Nie et al.
@@ -16,6 +16,10 @@ format, so the UI, the command line, the GIF/HTML exports and the comparison rea
   Tokens may change from step to step.
 - ``autoregressive_generate``: one token per forward pass with the KV cache
   (models.autoregressive).
+- ``uniform_generate``: uniform-noise block diffusion (DiffusionGemma, models.uniform_diffusion):
+  nothing is masked, the canvas starts as random tokens, each step accepts the lowest-entropy
+  positions and re-noises the rest, so an accepted token can change later; blocks stop
+  adaptively. ``diffusion_generate`` hands a model with ``loaded.paradigm == "uniform"`` to it.
 
 ``compare`` (models.compare) runs both paradigms over a prompt set; ``models.quality`` measures
 the texts; ``models.interactive.Stepper`` takes the diffusion sampler's decisions one at a time.
@@ -90,9 +94,11 @@ from models.sampling import (
     split_steps,
 )
 from models.trace import BAR_METRICS, PENDING, RESULT_METRICS, GenerationResult, StepRecord
+from models.uniform_diffusion import uniform_generate
 
 __all__ = ["autoregressive_generate", "cache_keyword", "COMPARE_DEFINITIONS", "Quality",
            "agreement", "compare", "read_prompts_file", "diffusion_generate", "remask_generate",
            "CACHE_MODES", "MAX_SEED", "SAMPLINGS", "SCHEDULES", "STRATEGIES", "mask_schedule",
            "num_transfer_tokens", "process_logits", "remask_counts", "split_steps",
-           "BAR_METRICS", "PENDING", "RESULT_METRICS", "GenerationResult", "StepRecord"]
+           "BAR_METRICS", "PENDING", "RESULT_METRICS", "GenerationResult", "StepRecord",
+           "uniform_generate"]

@@ -450,8 +450,3 @@ def set_threads(largest_params: int | None) -> int:
     except ImportError:  # pragma: no cover - declared in requirements
         pass
     return n
-
-
-# TEMPORARY (renovation in progress): old names, removed when every caller is moved
-CACHE = MODELS
-ModelCache = ModelStore

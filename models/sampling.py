@@ -280,7 +280,13 @@ def check_fits(loaded: Any, n_prompt: int, length: int) -> None:
 
 
 def check_unmasking_model(loaded: Any) -> None:
-    """UserError unless the model predicts masked tokens (diffusion or fill-mask)."""
+    """UserError unless the model predicts masked tokens (diffusion or fill-mask); a
+    uniform-noise diffusion model (DiffusionGemma) has no masked positions to unmask."""
+    if getattr(loaded, "paradigm", "masked") == "uniform":
+        raise UserError(f"'{loaded.name}' is a uniform-noise block diffusion model (DiffusionGemma):"
+                        " nothing is masked, every position always holds a token, so step mode "
+                        "and the re-mask schedule (--schedule) do not apply. Generate in the "
+                        "commit mode, which runs the model's own sampler.")
     if loaded.task == "causal":
         raise UserError(f"'{loaded.name}' is a causal (autoregressive) model; diffusion generation "
                         "needs a masked or diffusion model (e.g. tiny-diffusion). Use the "

@@ -30,6 +30,13 @@ class StepRecord:
     kv_cache: str | None = None  # the step's forward pass: "refreshed" | "reused" the KV cache
     note: str = ""  # e.g. why the run stopped early after this step
     elapsed: float | None = None  # seconds from the run's start to the end of this step
+    # uniform-noise diffusion only (None for masked diffusion and autoregressive runs, and then
+    # left out of the JSON): the positions whose shown token differs from the previous step's,
+    # and those of them that the sampler had accepted at an earlier step of their block, i.e. an
+    # accepted token that changed: [{position, token, token_id, previous, previous_id,
+    # accepted_step}]
+    changed: list[int] | None = None
+    revised: list[dict] | None = None
 
     def to_json(self) -> dict:
         out = {
@@ -46,6 +53,10 @@ class StepRecord:
             out["kv_cache"] = self.kv_cache
         if self.note:
             out["note"] = self.note
+        if self.changed is not None:
+            out["changed"] = list(self.changed)
+        if self.revised is not None:
+            out["revised"] = [dict(r) for r in self.revised]
         return out
 
 
@@ -80,6 +91,12 @@ class GenerationResult:
     stop_note: str = ""  # why the run stopped before filling its canvas ("" when it did not)
     # filled by models.compare: agreement with a reference run on the same prompt
     agreement: dict | None = None
+    # diffusion: "masked" (a committed token never changes) or "uniform" (uniform-noise block
+    # diffusion, models.uniform_diffusion: every position always holds a token, accepted tokens
+    # may change); the three fields below appear in the JSON of uniform runs only
+    noise: str = "masked"
+    encoder_passes: int = 0  # uniform: encoder passes that wrote the prompt/blocks' KV cache
+    sampler: dict | None = None  # uniform: the sampler's settings (entropy bound, schedule ..)
 
     @property
     def tokens(self) -> list[str]:
@@ -121,6 +138,10 @@ class GenerationResult:
         }
         if self.agreement is not None:
             out["agreement"] = self.agreement
+        if self.noise != "masked":
+            out["noise"] = self.noise
+            out["encoder_passes"] = self.encoder_passes
+            out["sampler"] = self.sampler
         return out
 
     def dumps(self) -> str:
@@ -160,6 +181,10 @@ class RawStep:
     kv_cache: str | None = None  # "refreshed" | "reused" | None (no cache)
     note: str = ""
     elapsed: float | None = None  # seconds since the run started, at the end of the step
+    changed: list[int] | None = None  # uniform: positions whose region id changed in the step
+    # uniform: (position, new id, previous id, step that had accepted it) of accepted tokens
+    # that changed
+    revised: list[tuple[int, int, int, int]] | None = None
 
 
 def records(tokenizer: Any, raw: list[RawStep], mask_id: int | None, mask_token: str,
@@ -179,8 +204,12 @@ def records(tokenizer: Any, raw: list[RawStep], mask_id: int | None, mask_token:
         cands = [{"position": p, "top": [{"token": text(i), "probability": v}
                                          for i, v in zip(ids, vals, strict=True)]}
                  for p, ids, vals in r.candidates]
+        revised = None if r.revised is None else [
+            {"position": p, "token": text(t), "token_id": t, "previous": text(old),
+             "previous_id": old, "accepted_step": s} for p, t, old, s in r.revised]
         out.append(StepRecord(n, r.block, committed, [text(i) for i in r.region], cands,
-                              first_end(r.region, ends), r.kv_cache, r.note, r.elapsed))
+                              first_end(r.region, ends), r.kv_cache, r.note, r.elapsed,
+                              None if r.changed is None else list(r.changed), revised))
     return out
 
 
@@ -214,7 +243,8 @@ def region_at(result: GenerationResult, step: int) -> list[dict]:
     """The generated region after ``step`` steps of a recorded generation (0 = all masked):
     [{token, state: masked | new | old, confidence (None while masked), step (of commit),
     end: None | "eos" | "after" (against the first end-of-sequence token committed so far)}].
-    An autoregressive run shows the positions it wrote (``shown_positions``)."""
+    An autoregressive run shows the positions it wrote (``shown_positions``); a uniform-noise
+    run's cells are ``_uniform_region``'s."""
     n_steps = len(result.trace)
     step = min(max(int(step), 0), n_steps)
     n = shown_positions(result)
@@ -224,6 +254,8 @@ def region_at(result: GenerationResult, step: int) -> list[dict]:
     for rec in result.trace[:step]:
         for c in rec.committed:
             when[c["position"]] = (rec.step, float(c["confidence"]))
+    if result.noise == "uniform" and step:
+        return _uniform_region(result, result.trace[step - 1], tokens, when, end)
     out = []
     for p, tok in enumerate(tokens):
         if tok == result.mask_token or p not in when:
@@ -233,6 +265,29 @@ def region_at(result: GenerationResult, step: int) -> list[dict]:
             s, conf = when[p]
             out.append({"token": tok, "state": "new" if s == step else "old", "confidence": conf,
                         "step": s, "end": end_of(end, p)})
+    return out
+
+
+def _uniform_region(result: GenerationResult, rec: StepRecord, tokens: list[str],
+                    when: dict[int, tuple[int, float]], end: int | None) -> list[dict]:
+    """``region_at`` of a uniform-noise run after step ``rec``: "new" = accepted in this step;
+    "old" = a finished block's final token; "masked" = a block not started yet (its tokens are
+    the placeholder) or a position of the current block the sampler did not accept in this step
+    (the canvas re-noised it: the box shows the model's current draft). ``revised``: the token
+    changed in this step although an earlier step of its block had accepted it."""
+    accepted = {c["position"]: float(c["confidence"]) for c in rec.committed}
+    revised = {r["position"] for r in rec.revised or []}
+    size = result.block_length or len(tokens)
+    out = []
+    for p, tok in enumerate(tokens):
+        cell = {"token": tok, "state": "masked", "confidence": None, "step": None,
+                "end": end_of(end, p), "revised": p in revised}
+        if tok != result.mask_token and p // size < rec.block:
+            s, conf = when.get(p, (None, None))
+            cell.update(state="old", confidence=conf, step=s)
+        elif p in accepted:
+            cell.update(state="new", confidence=accepted[p], step=rec.step)
+        out.append(cell)
     return out
 
 

@@ -444,7 +444,7 @@ def test_one_failing_process_stops_all_with_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_a_stuck_process_times_out_instead_of_hanging(tmp_path):
-    proc, out, seconds = _torchrun(tmp_path, "--hang-rank", "1", "--timeout", "15")
+    proc, out, seconds = _torchrun(tmp_path, "--hang-rank", "1", "--timeout", "8")
     assert proc.returncode != 0 and not out.exists()
     assert "Not every process reported back within the timeout (one is stuck or died" in proc.stderr
     assert seconds < 150, seconds

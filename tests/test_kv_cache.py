@@ -177,7 +177,7 @@ def test_early_stop_never_drops_a_content_token():
     from models.loading import load
 
     model = load("tiny-diffusion")
-    prompts = [p for p, _ in read_prompts_file(CAPITALS_FILE)][:12]
+    prompts = [p for p, _ in read_prompts_file(CAPITALS_FILE)][:6]
     settings = [dict(length=32, block_length=8, threshold=0.9),
                 dict(length=32, block_length=16, threshold=0.7, cache="dual"),
                 dict(length=16, block_length=4, steps=8),

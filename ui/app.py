@@ -4,7 +4,7 @@
     serve(AppConfig(port=7861))
 
 The page comes up without loading any model; a model is loaded (and kept in the bounded
-`models.loading.CACHE`) the first time an analysis asks for it.
+`models.loading.MODELS`) the first time an analysis asks for it.
 """
 
 from __future__ import annotations

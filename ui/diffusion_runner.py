@@ -1,11 +1,14 @@
 """The Diffusion tab's work without any UI: one session's results and stepper, the runs.
 
 The tab's views call a ``DiffusionRunner`` (one per browser session, in a gr.State) with the
-settings panel's values; it maps the page's conventions (0 = "same as the length" or "off",
-an empty box = the default) onto the samplers' arguments, applies the server's limits (offered
-models, the generation length), runs the samplers (which check every setting, once), keeps the
-results for the step sliders, writes the exports into the session's folder and records every
-run in the session log. No Gradio here: the views turn results into components.
+settings panel's values (a uniform-noise model such as DiffusionGemma goes through the same
+calls: ``diffusion_generate`` and ``compare`` hand it to models.uniform_diffusion, which refuses
+the masked-only settings; step mode and re-masking refuse it); it maps the page's conventions
+(0 = "same as the length" or "off", an empty box = the default) onto the samplers' arguments,
+applies the server's limits (offered models, the generation length), runs the samplers (which
+check every setting, once), keeps the results for the step sliders, writes the exports into the
+session's folder and records every run in the session log. No Gradio here: the views turn
+results into components.
 """
 
 from __future__ import annotations
@@ -279,7 +282,8 @@ class DiffusionRunner:
         diff, causal = ctx.load(s.model), ctx.load(ar.model)
         with self.lock:
             job = self._start()
-            warm = replace(s, length=1, steps=None, block_length=None, threshold=None,
+            # one position in one step (a uniform-noise model: one step of one block)
+            warm = replace(s, length=1, steps=1, block_length=None, threshold=None,
                            cache="none", early_stop=False, mode="commit")
             warm.run(diff, n_candidates=0, measure_memory=False)
             replace(ar, length=1).run(causal, s.prompt, s.seed, n_candidates=0,
@@ -347,7 +351,7 @@ class DiffusionRunner:
 
     def start_stepper(self, ctx, s: DiffusionSettings, settings: Settings,
                       forward: bool) -> Stepper:
-        loaded = ctx.load(s.model)
+        loaded = ctx.load(s.model)  # a uniform-noise model: Stepper's UserError (no masks)
         with self.lock:
             self._start()
             stepper = Stepper(loaded, s.prompt, s.length, s.block_length, seed=s.seed,

@@ -16,7 +16,6 @@ dashboard runs from elsewhere the session folders go to `<temp>/dashboard-sessio
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -247,10 +246,3 @@ def friendly_errors(fn: Callable) -> Callable:
             log.debug("%s took %.3f s", fn.__name__, time.perf_counter() - t0)
 
     return wrapper
-
-
-@contextlib.contextmanager
-def compute_threads(params=None):
-    """TEMPORARY (renovation in progress): thread counts are now set once at start-up
-    (models.loading.set_threads); this no-op keeps old callers working until they are moved."""
-    yield
