@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -30,7 +29,7 @@ import torch
 from scipy import stats
 
 from analysis import metrics as M
-from models.errors import UserError
+from models.common import UserError, atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -643,10 +642,8 @@ class DatasetAccumulator:
 
     def save(self, path) -> None:
         """Write an .npz (atomically: a killed run leaves the previous checkpoint intact)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             np.savez(f, **self.state_dict())
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path, expect_meta: Mapping | None = None, device=None) -> DatasetAccumulator:

@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from analysis.accumulate import (
 from analysis.capture import output_head
 from models.attention import KWARG, AttentionCall
 from models.attention import NAME as ATTENTION_NAME
-from models.common import UserError, atomic_write, check_text, context_limit, whole_number
+from models.common import UserError, atomic_file, atomic_write, check_text, context_limit, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -532,14 +531,8 @@ def save_checkpoint(path: Path, acc: DatasetAccumulator, position: Position, ide
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     arrays = acc.state_dict()
     arrays["progress"] = np.array(json.dumps(progress))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        np.savez(fh, **arrays)
     mirror = path.name.replace("accumulator", "progress").replace(".npz", ".json")
     atomic_write(path.with_name(mirror), json.dumps(progress, indent=1))
 

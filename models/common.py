@@ -5,10 +5,11 @@ command line can all use it without import cycles.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,20 +201,31 @@ def finite_number(name: str, value: Any) -> float:
     return v
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and a rename, so a
-    reader never sees half a file and a failure leaves nothing behind."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: int | None = None) -> Iterator[Any]:
+    """Open a temporary file beside `path` for binary writing; on success it is renamed onto
+    `path` (with permissions `mode`, e.g. 0o644 for a shared file: the temporary is private),
+    on any error removed. A reader never sees half a file and a failure leaves nothing behind
+    (an existing file at `path` stays as it was)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            yield fh
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` atomically (`atomic_file`)."""
+    with atomic_file(path) as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
 
 
 def file_safe(name: str) -> str:

@@ -35,6 +35,7 @@ from analysis.result import (
     Analysis,
     ModelResult,
 )
+from models.common import atomic_file
 from reports import figures as figs
 from reports import pdf as pdf_mod
 
@@ -296,17 +297,6 @@ def write_bundle(analysis: Analysis, out_path: str | os.PathLike,
     with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
         folder = Path(tmp)
         names = build_folder(analysis, folder, session_log, continuations)
-        fd, part = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part",
-                                    dir=out_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                _zip_folder(folder, names, f)
-            os.chmod(part, 0o644)  # mkstemp makes it private; a bundle is an ordinary file
-            os.replace(part, out_path)
-        except BaseException:
-            try:
-                os.unlink(part)
-            except FileNotFoundError:
-                pass
-            raise
+        with atomic_file(out_path, mode=0o644) as f:  # a bundle is an ordinary file
+            _zip_folder(folder, names, f)
     return out_path

@@ -24,7 +24,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from analysis.accumulate import ALL_TOKEN_METRICS, HEAD_STATS, METRICS, SAMPLE_METRICS
-from models.common import file_safe
+from models.common import atomic_file, file_safe
 from reports import pdf as pdf_mod
 from reports.bundle import _csv_value, _sha256, _zip_folder, session_log_html
 from reports.figures import dataset as dfigs
@@ -213,13 +213,6 @@ def write_dataset_bundle(results: list, out_path: str | os.PathLike,
                     "files": {n: {"sha256": _sha256(folder / n),
                                   "bytes": (folder / n).stat().st_size} for n in names}}
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        fd, part = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                _zip_folder(folder, ["manifest.json"] + names, f)
-            os.chmod(part, 0o644)
-            os.replace(part, out_path)
-        except BaseException:
-            Path(part).unlink(missing_ok=True)
-            raise
+        with atomic_file(out_path, mode=0o644) as f:
+            _zip_folder(folder, ["manifest.json"] + names, f)
     return out_path
