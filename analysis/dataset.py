@@ -24,22 +24,17 @@ attended to by a text's own tokens.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from analysis import datasets_builtin as builtin
 from analysis.accumulate import (
     DatasetAccumulator,
     DatasetSummary,
@@ -48,335 +43,25 @@ from analysis.accumulate import (
     text_head_stats,
 )
 from analysis.capture import output_head
+from analysis.dataset_dist import (  # noqa: F401 (close_distributed, DIST_TIMEOUT_S re-exported)
+    DIST_TIMEOUT_S,
+    Position,
+    checkpoint_path,
+    close_distributed,
+    exchange_reports,
+    init_distributed,
+    load_checkpoint,
+    save_checkpoint,
+)
+from analysis.dataset_sources import TextSource, open_source, read_texts  # noqa: F401 (re-exported)
 from models.attention import KWARG, AttentionCall
 from models.attention import NAME as ATTENTION_NAME
-from models.common import UserError, atomic_file, atomic_write, check_text, context_limit, whole_number
+from models.common import UserError, check_text, context_limit, whole_number
 
 log = logging.getLogger(__name__)
 
-FORMATS = (".txt", ".jsonl", ".json", ".csv", ".tsv")
-HASH_WHOLE_MAX = 256 * 2**20  # files up to this size are hashed whole for the fingerprint
-HASH_PART = 16 * 2**20  # larger ones: this much of their start and of their end, and the size
-COUNT_MAX = 64 * 2**20  # files up to this size are counted first (a total for the progress bar)
-JSON_MAX = 512 * 2**20  # a .json list is read whole: larger files must be .jsonl
-DIST_TIMEOUT_S = 600.0  # torch.distributed collectives give up after this (a dead or stuck rank)
 WINDOW_BATCHES = 8  # texts are read this many batches at a time and batched by length within
-_SNIFF = 8192
 
-
-# --- sources --------------------------------------------------------------------------------
-
-@dataclass
-class TextSource:
-    """A dataset as a stream of records. `records(start)` yields (id, text or None) for every
-    record from index `start` (None: a null value); `fingerprint` identifies the content
-    cheaply (resume checks, the accumulator's metadata); `total` is the number of non-blank
-    texts when cheap to know (a `datasets` split: its rows, blank ones included; None when
-    unknown)."""
-    name: str  # as the user gave it
-    kind: str  # txt | jsonl | json | csv | tsv | datasets | builtin
-    fingerprint: str
-    records: Callable[[int], Iterator[tuple[int, str | None]]] = field(repr=False)
-    column: str | None = None
-    total: int | None = None
-
-    def texts(self, start: int = 0, limit: int | None = None) -> Iterator[tuple[int, str]]:
-        """The non-blank texts (id, text) from record `start`, at most `limit` of them; a
-        UserError when a source read from its start holds no text at all."""
-        n = 0
-        for rid, text in self.records(start):
-            if limit is not None and n >= limit:
-                return
-            if text is None or not text.strip():
-                continue
-            n += 1
-            yield rid, check_text(text, f"Text {rid} of {self.name}")
-        if n == 0 and start == 0:
-            raise UserError(f"Every text in {self.name} is empty: nothing to analyse.")
-
-
-def read_texts(source: str, split: str | None = None, column: str | None = None,
-               limit: int | None = None) -> Iterator[tuple[int, str]]:
-    """The non-blank texts (id, text) of a source, streamed (see `open_source`; the ids are
-    the records' indices, the module docstring says how they count)."""
-    return open_source(source, split, column, count=False).texts(limit=limit)
-
-
-def open_source(source: str, split: str | None = None, column: str | None = None,
-                count: bool = True, limit: int | None = None) -> TextSource:
-    """A TextSource for: a .txt (one text per line), .jsonl / .json (field `column`, default
-    "text" or the only field; a .json may be a list of objects or of strings), .csv / .tsv
-    (`column`, default "text" or the only column), a `datasets` folder (save_to_disk) or a
-    HuggingFace dataset id ("org/name" or "org/name:config"; `split`, default "train" or the only
-    one), or a bundled name (`corpus`, `stdlib-docstrings`). An existing path wins over a
-    bundled name. Bad input: one UserError saying what to do. With `count`, small files are
-    read once more to count their texts (at most `limit`) for `total`."""
-    source = str(source or "").strip()
-    if not source:
-        raise UserError("No dataset given: pass a file (.txt, .jsonl, .json, .csv, .tsv), a "
-                        f"HuggingFace dataset id or folder, or one of {', '.join(builtin.NAMES)}.")
-    path = Path(source).expanduser()
-    if path.is_dir():
-        src = _open_datasets(source, split, column)
-    elif path.is_file():
-        src = _open_file(path, source, column)
-    elif source in builtin.NAMES:
-        src = _open_builtin(source)
-    elif path.suffix.lower() in FORMATS or source.startswith((".", "~", os.sep)):
-        raise UserError(f"No such file: {source}")
-    elif _looks_like_hub_id(source):
-        src = _open_datasets(source, split, column)
-    else:
-        raise UserError(f"'{source}' is not a file, a folder, a bundled dataset "
-                        f"({', '.join(builtin.NAMES)}) or a HuggingFace dataset id.")
-    if count and src.total is None and _countable(src):
-        src.total = sum(1 for _ in src.texts(limit=limit))
-    elif src.total is not None and limit is not None:
-        src.total = min(src.total, limit)
-    return src
-
-
-def _countable(src: TextSource) -> bool:
-    if src.kind == "builtin":
-        return True
-    path = Path(src.name).expanduser()
-    return src.kind != "datasets" and path.is_file() and path.stat().st_size <= COUNT_MAX
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    repo = name.split(":", 1)[0]
-    parts = repo.split("/")
-    ok = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-    return 1 <= len(parts) <= 2 and all(p and set(p) <= ok and ".." not in p for p in parts)
-
-
-def _open_file(path: Path, name: str, column: str | None) -> TextSource:
-    kind = path.suffix.lower().lstrip(".")
-    if f".{kind}" not in FORMATS:
-        raise UserError(f"{name}: unknown dataset format '{path.suffix}'; use .txt (one text per "
-                        "line), .jsonl, .json, .csv or .tsv.")
-    size = path.stat().st_size
-    if size == 0:
-        raise UserError(f"{name} is empty: nothing to analyse.")
-    with path.open("rb") as fh:
-        head = fh.read(_SNIFF)
-    if b"\x00" in head:
-        raise UserError(f"{name} looks like a binary file (it holds NUL bytes), not UTF-8 text; "
-                        "give a text file, or save it as UTF-8 (UTF-16 files hold NUL bytes too).")
-    fp = f"{kind}:{path.name}:{_file_hash(path, size)}"
-    if kind == "txt":
-        return TextSource(name, kind, fp, lambda start: _line_records(path, name, start))
-    if kind == "jsonl":
-        col = [column]
-        return TextSource(name, kind, fp, lambda start: _jsonl_records(path, name, col, start), column)
-    if kind == "json":
-        return _open_json(path, name, column, fp, size)
-    return _open_csv(path, name, column, fp, "\t" if kind == "tsv" else ",")
-
-
-def _file_hash(path: Path, size: int) -> str:
-    """size and sha256 of the whole file (up to HASH_WHOLE_MAX) or of its first and last
-    HASH_PART bytes: a copy of the file matches, an edit that changes its size or its hashed
-    bytes does not (a same-size edit in the unhashed middle of a huge file is not seen)."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        if size <= HASH_WHOLE_MAX:
-            for chunk in iter(lambda: fh.read(2**20), b""):
-                h.update(chunk)
-        else:
-            h.update(fh.read(HASH_PART))
-            fh.seek(size - HASH_PART)
-            h.update(fh.read(HASH_PART))
-    part = "" if size <= HASH_WHOLE_MAX else "-ends"
-    return f"size={size}:sha256{part}={h.hexdigest()[:16]}"
-
-
-def _decode(raw: bytes, name: str, line: int) -> str:
-    if raw.endswith(b"\n"):
-        raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-    if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]  # UTF-8 byte-order mark
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{name} line {line} is not valid UTF-8 (byte {exc.start + 1} of the line); "
-                        "save the file as UTF-8.") from None
-
-
-def _line_records(path: Path, name: str, start: int, skip: int = 0) -> Iterator[tuple[int, str]]:
-    """Every line as a record (its terminator removed), after `skip` header lines."""
-    with path.open("rb") as fh:
-        for i, raw in enumerate(fh):
-            rid = i - skip
-            if rid >= start:
-                yield rid, _decode(raw, name, i + 1)
-
-
-def _jsonl_records(path: Path, name: str, column: list, start: int) -> Iterator[tuple[int, str | None]]:
-    """`column` is a one-item list: None until the first record decides the default."""
-    for rid, line in _line_records(path, name, start):
-        if not line.strip():
-            yield rid, None
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise UserError(f"{name} line {rid + 1} is not JSON ({exc}); a .jsonl file holds one "
-                            "JSON object per line.") from None
-        yield rid, _field(obj, column, f"{name} line {rid + 1}")
-
-
-def _field(obj, column: list, where: str) -> str | None:
-    """The text of one JSON record: a string, or the `column[0]` field of an object."""
-    if isinstance(obj, str) or obj is None:
-        return obj
-    if not isinstance(obj, dict):
-        raise UserError(f"{where} is a JSON {type(obj).__name__}; expected an object with a text "
-                        "field or a string.")
-    if column[0] is None:
-        column[0] = _pick_column(None, list(obj), where)
-    if column[0] not in obj:
-        raise UserError(f"{where} has no field '{column[0]}' (its fields: {', '.join(map(str, obj))}); "
-                        "choose one with --column.")
-    return _text_value(obj[column[0]], where, column[0])
-
-
-def _text_value(value, where: str, column: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise UserError(f"{where}: field '{column}' is a {type(value).__name__}, not text; choose a "
-                    "text field with --column.")
-
-
-def _pick_column(column: str | None, columns: list[str], where: str) -> str:
-    """`column` when it exists; by default "text", else the only column."""
-    if column is not None:
-        if column not in columns:
-            raise UserError(f"{where} has no column '{column}'; its columns are: "
-                            f"{', '.join(map(str, columns))}.")
-        return column
-    if "text" in columns:
-        return "text"
-    if len(columns) == 1:
-        return columns[0]
-    raise UserError(f"{where} has no column 'text' and several others "
-                    f"({', '.join(map(str, columns))}); choose one with --column.")
-
-
-def _open_json(path: Path, name: str, column: str | None, fp: str, size: int) -> TextSource:
-    if size > JSON_MAX:
-        raise UserError(f"{name} is {size / 2**20:.0f} MB: a .json file is read whole; write it as "
-                        ".jsonl (one object per line) to stream it.")
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{name} is not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8.") from None
-    except ValueError as exc:
-        raise UserError(f"{name} is not valid JSON: {exc}") from None
-    if not isinstance(data, list):
-        raise UserError(f"{name} holds a JSON {type(data).__name__}; expected a list of objects "
-                        "or of strings (or use .jsonl).")
-    col = [column]
-    if data:
-        _field(data[0], col, f"{name} item 0")  # the column is checked before any model runs
-
-    def records(start: int) -> Iterator[tuple[int, str | None]]:
-        for i in range(start, len(data)):
-            yield i, _field(data[i], col, f"{name} item {i}")
-    return TextSource(name, "json", f"{fp}:{col[0]}", records, col[0], None)
-
-
-def _open_csv(path: Path, name: str, column: str | None, fp: str, delimiter: str) -> TextSource:
-    csv.field_size_limit(2**31 - 1)  # one text may be long (the default limit is 128 KiB)
-
-    def rows() -> Iterator[list[str]]:
-        with path.open("rb") as fh:
-            wrap = io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")
-            try:
-                yield from csv.reader(wrap, delimiter=delimiter)
-            except UnicodeDecodeError as exc:
-                raise UserError(f"{name} is not valid UTF-8 (byte {exc.start + 1} of a block "
-                                "near where reading stopped); save it as UTF-8.") from None
-            except csv.Error as exc:
-                raise UserError(f"{name} is not a readable {'TSV' if delimiter == chr(9) else 'CSV'} "
-                                f"file: {exc}") from None
-    header = next(rows(), None)
-    if not header:
-        raise UserError(f"{name} has no header row: the first line must name the columns.")
-    col = _pick_column(column, header, name)
-    index = header.index(col)
-
-    def records(start: int) -> Iterator[tuple[int, str | None]]:
-        it = rows()
-        next(it)
-        for rid, row in enumerate(it):
-            if rid >= start:
-                yield rid, row[index] if index < len(row) else None
-    return TextSource(name, path.suffix.lower().lstrip("."), f"{fp}:{col}", records, col)
-
-
-def _open_builtin(name: str) -> TextSource:
-    path = builtin.path_of(name)
-    skip = builtin.header_lines(name)
-    return TextSource(name, "builtin", builtin.fingerprint(name),
-                      lambda start: _line_records(path, name, start, skip), None, builtin.count(name))
-
-
-def _open_datasets(source: str, split: str | None, column: str | None) -> TextSource:
-    """A `datasets` folder (save_to_disk) or hub id, read from the local cache or the hub."""
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(f"Reading '{source}' needs the HuggingFace `datasets` package, which is not "
-                        "installed: pip install datasets (or give a .txt/.jsonl/.csv file).") from None
-    path = Path(source).expanduser()
-    try:
-        if path.is_dir():
-            ds = datasets.load_from_disk(str(path))
-        else:
-            repo, _, config = source.partition(":")
-            ds = datasets.load_dataset(repo, config or None, split=split)
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types; the user needs one line
-        raise _datasets_error(source, path.is_dir(), exc) from None
-    ds = _pick_split(ds, split, source)
-    col = _pick_column(column, list(ds.column_names), f"The dataset '{source}'")
-    ds = ds.select_columns([col])
-    fp = f"datasets:{ds._fingerprint}:{col}:rows={len(ds)}"
-
-    def records(start: int) -> Iterator[tuple[int, str | None]]:
-        for lo in range(start, len(ds), 1000):
-            for k, v in enumerate(ds[lo:lo + 1000][col]):
-                yield lo + k, _text_value(v, f"Row {lo + k} of '{source}'", col)
-    if len(ds) == 0:
-        raise UserError(f"The dataset '{source}' is empty: nothing to analyse.")
-    return TextSource(source, "datasets", fp, records, col, len(ds))
-
-
-def _datasets_error(source: str, folder: bool, exc: Exception) -> UserError:
-    from models.registry import offline
-
-    msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    if folder:
-        return UserError(f"{source} is a folder but not a saved `datasets` dataset ({msg}).")
-    if offline():
-        return UserError(f"'{source}' is no local file or folder, and as a HuggingFace dataset id it is not "
-                         "in the local HuggingFace cache and HF_HUB_OFFLINE is set, so it cannot be "
-                         "downloaded: fetch it once online, or give a local file.")
-    return UserError(f"Could not load the dataset '{source}': {msg}")
-
-
-def _pick_split(ds, split: str | None, source: str):
-    if not hasattr(ds, "keys"):  # a single split already
-        return ds
-    names = list(ds.keys())
-    if split is None:
-        split = "train" if "train" in names else names[0] if len(names) == 1 else None
-        if split is None:
-            raise UserError(f"The dataset '{source}' has the splits {', '.join(names)}; choose one "
-                            "with --split.")
-    if split not in names:
-        raise UserError(f"The dataset '{source}' has no split '{split}'; its splits are: {', '.join(names)}.")
-    return ds[split]
 
 
 # --- tokens and batches ---------------------------------------------------------------------
@@ -497,143 +182,6 @@ def forward_batch(loaded, batch: Batch) -> tuple[torch.Tensor, dict | None, bool
     return hidden, heads, normed
 
 
-# --- checkpoints (--resume) -----------------------------------------------------------------
-
-@dataclass
-class Position:
-    """Where one process stands in its source; saved inside each checkpoint."""
-    records: int = 0  # records read: the index of the next one
-    texts: int = 0  # non-blank texts read, every process's share (what `limit` counts)
-    blank: int = 0  # blank records read
-    fed: int = 0  # texts this process analysed
-    tokens: int = 0  # model tokens this process ran (padding excluded), every session
-    truncated: int = 0  # texts this process cut to the token limit
-    normed: bool = False  # some batch's layer L had to be the final-normed state
-    no_attention: bool = False  # some batch came without attention weights (no head statistics)
-    # texts of the window starting at `records` already in the accumulator (batches inside a
-    # window are ordered by length, not by id)
-    done: list[int] = field(default_factory=list)
-
-
-def checkpoint_path(folder: str | os.PathLike, rank: int = 0, world: int = 1) -> Path:
-    """The checkpoint of one process: FOLDER/accumulator.npz (one process) or
-    FOLDER/accumulator.rank{R}of{W}.npz under torchrun."""
-    name = "accumulator.npz" if world == 1 else f"accumulator.rank{rank}of{world}.npz"
-    return Path(folder).expanduser() / name
-
-
-def save_checkpoint(path: Path, acc: DatasetAccumulator, position: Position, identity: dict) -> None:
-    """The accumulator and the position as ONE file, written through a temporary file and a
-    rename: a killed run leaves the previous checkpoint whole (not proof against power loss:
-    no fsync). A readable copy of the position goes to progress*.json beside it (information
-    only; the .npz is what a resumed run reads)."""
-    progress = {**identity, "position": vars(position),
-                "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    arrays = acc.state_dict()
-    arrays["progress"] = np.array(json.dumps(progress))
-    with atomic_file(path) as fh:
-        np.savez(fh, **arrays)
-    mirror = path.name.replace("accumulator", "progress").replace(".npz", ".json")
-    atomic_write(path.with_name(mirror), json.dumps(progress, indent=1))
-
-
-def load_checkpoint(path: Path, fresh: DatasetAccumulator, identity: dict
-                    ) -> tuple[DatasetAccumulator, Position] | None:
-    """The saved accumulator and position, or None when there is no checkpoint yet. UserError
-    when it is of another model, dataset, settings or number of processes."""
-    folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--resume {folder} is a file; give a folder.")
-    others = sorted(p.name for p in folder.glob("accumulator*.npz") if p.name != path.name)
-    if not path.is_file():
-        if others:
-            raise UserError(f"--resume {folder} holds the checkpoint of a run with another number of "
-                            f"processes ({others[0]}): resume it with as many processes, or use another "
-                            "folder.")
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            saved = json.loads(str(z["progress"]))
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise UserError(f"{path} is not a dataset checkpoint ({exc}); delete it or use another "
-                        "--resume folder.") from None
-    diff = _differences(saved, identity)
-    if diff:
-        raise UserError(f"--resume {folder} holds a run of {'; '.join(diff)}. Resume with the same model, "
-                        "dataset and settings, or use another --resume folder.")
-    acc = DatasetAccumulator.load(path, expect_meta=fresh.meta, device=fresh.device)
-    return acc, Position(**saved["position"])
-
-
-def _differences(saved: dict, ours: dict) -> list[str]:
-    out = []
-    if saved.get("model") != ours["model"]:
-        out.append(f"model '{saved.get('model')}' (this run: '{ours['model']}')")
-    if saved.get("fingerprint") != ours["fingerprint"]:
-        out.append(f"dataset '{saved.get('source')}' [{saved.get('fingerprint')}] (this run: "
-                   f"'{ours['source']}' [{ours['fingerprint']}])")
-    s, o = saved.get("settings") or {}, ours["settings"]
-    for k in sorted(set(s) | set(o)):
-        if s.get(k) != o.get(k):
-            out.append(f"{k}={s.get(k)!r} (this run: {o.get(k)!r})")
-    return out
-
-
-# --- torch.distributed ----------------------------------------------------------------------
-
-def init_distributed(timeout_s: float = DIST_TIMEOUT_S, backend: str | None = None) -> tuple[int, int]:
-    """(rank, world size). Under torchrun (RANK and WORLD_SIZE > 1 in the environment) the
-    process group is initialised here once: nccl when CUDA is available (this process's device
-    set to LOCAL_RANK), else gloo, with a `timeout_s` on every collective so a dead or stuck
-    process ends the others with an error instead of a hang. (0, 1) otherwise."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1 or "RANK" not in os.environ or not dist.is_available():
-        return 0, 1
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    log.info("torch.distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def close_distributed() -> None:
-    """Destroy the process group if there is one (call once at the end of a torchrun process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _exchange(error: Exception | None, report: dict, world: int) -> list[dict]:
-    """Every process's report, gathered on all of them; when any process failed, every process
-    raises (its own error, or a UserError naming the failed process and its message)."""
-    import torch.distributed as dist
-
-    msg = None if error is None else (str(error) if isinstance(error, UserError)
-                                      else f"{type(error).__name__}: {error}")
-    reports: list = [None] * world
-    try:
-        dist.all_gather_object(reports, {**report, "error": msg})
-    except RuntimeError as exc:  # gloo/nccl: a timeout, or a process that died
-        if error is not None:
-            raise error from None
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"Not every process reported back within the timeout (one is stuck or died; "
-                        f"see its own output): {first}") from None
-    failed = [(r, p["error"]) for r, p in enumerate(reports) if p["error"]]
-    if error is not None:
-        raise error
-    if failed:
-        r, m = failed[0]
-        raise UserError(f"Process {r} of {world} failed, so this one stopped too: {m}")
-    return reports
-
-
 # --- the driver -----------------------------------------------------------------------------
 
 class DatasetCancelled(Exception):
@@ -740,7 +288,7 @@ def analyze_dataset(loaded, source: str, *, split: str | None = None, column: st
               "no_attention": bool(run and run.pos.no_attention)}
     acc = run.acc if run else None
     if world > 1:
-        reports = _exchange(error, totals, world)
+        reports = exchange_reports(error, totals, world)
         acc = reduce_distributed(acc)
         if rank != 0:
             return None
