@@ -113,6 +113,9 @@ def test_dashboard_end_to_end(page):
     for elem in ("metric-curves", "norm-heatmap-0", "correlation-0"):
         expect_drawn(page, elem)
     expect(page.locator("#predictions-0")).to_contain_text("tokyo")
+    # the results say what they show: prompt, model, settings
+    expect(page.locator("#result-header")).to_contain_text("“the capital of japan is”")
+    expect(page.locator("#result-header")).to_contain_text("tiny-gpt2")
     expect(page.locator("#continuation-0")).to_contain_text("Greedy continuation")
     # written by the event that follows the shown analysis
     expect(page.locator("#continuation-0")).not_to_contain_text("writing")

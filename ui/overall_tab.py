@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 TOP_K = 5
 
+# The prompt the page opens with: long enough (16 tokens for tiny-gpt2) that the rank metrics
+# are not all capped by a handful of tokens and TwoNN has points to fit (flagged below 100).
+DEFAULT_PROMPT = "mia and leo went to the park. mia saw a dog. the dog says"
+
 # (prompt, models it is meant for); only examples whose models are offered are shown
 EXAMPLES = [
     ("the capital of japan is [MASK].", ["tiny-bert"]),
@@ -399,7 +403,7 @@ def build(ctx) -> OverallTab:
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=2, max_lines=8, elem_id="prompt",
                                 placeholder="the capital of japan is   (use [MASK] for BERT)",
-                                value="the capital of japan is")
+                                value=DEFAULT_PROMPT)
             models = gr.Dropdown(choices=ctx.models, value=default, multiselect=True,
                                  label="Models", elem_id="models",
                                  info="fill-mask models (BERT) need [MASK] in the prompt; "
@@ -424,7 +428,7 @@ def build(ctx) -> OverallTab:
             bundle_btn = gr.Button("Build ZIP bundle", elem_id="bundle-btn")
             download = gr.File(label="Download (ZIP: PDF report, CSV, NPY, PNG, session log)",
                                elem_id="download", interactive=False, visible=False)
-    header = gr.Markdown("Results appear here after **Analyze**.", elem_id="result-header")
+    result_head = gr.Markdown("Results appear here after **Analyze**.", elem_id="result-header")
     notices = gr.Markdown("", elem_id="notices")
     curves = gr.Plot(label="Layer metrics against relative depth", elem_id="metric-curves",
                      format="png", show_label=False)
@@ -460,7 +464,7 @@ def build(ctx) -> OverallTab:
         session_log = gr.Dataframe(value=session_log_table(Session()), elem_id="session-log",
                                    interactive=False, wrap=True, show_label=False)
 
-    outputs = [ctx.state, notices, curves, table, download, session_log, *slot_outputs, header]
+    outputs = [ctx.state, notices, curves, table, download, session_log, *slot_outputs, result_head]
 
     if custom is None:
         @friendly_errors
