@@ -255,6 +255,10 @@ def _from_pretrained(entry: ModelEntry, options: LoadOptions, device: str, dtype
     auto = getattr(transformers, "AutoModelForImageTextToText"
                    if entry.extra.get("paradigm") == "uniform" else _AUTO_BY_TASK[entry.task])
     common = dict(trust_remote_code=options.trust_remote_code)
+    if options.revision and entry.family != "hub":
+        raise UserError(f"--revision applies to hub models; '{entry.name}' is a local "
+                        f"{'embedded model' if entry.family == 'embedded' else 'folder'} "
+                        "with one version.")
     if options.revision:
         common["revision"] = options.revision
     kwargs = dict(attn_implementation="eager", use_safetensors=None if options.allow_pickle else True,

@@ -61,6 +61,9 @@ def test_analyze_json_has_every_metric_for_every_layer(tmp_path):
      "threshold"),
     (["generate", "--model", "tiny-bert", "--prompt", "x", "--length", "5", "--block-length", "2"],
      "block"),
+    (["predict", "--model", "tiny-gpt2", "--prompt", "x", "--device", "cuda"], "cuda"),
+    (["predict", "--model", "tiny-gpt2", "--prompt", "x", "--dtype", "float16"], "float16"),
+    (["predict", "--model", "tiny-gpt2", "--prompt", "x", "--revision", "v9"], "--revision"),
     (["frobnicate"], "invalid choice"),
     (["predict", "--model", "tiny-gpt2"], "--prompt"),
 ])

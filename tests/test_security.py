@@ -60,8 +60,8 @@ def test_share_refuses_custom_models_and_never_enables_remote_code():
         with pytest.raises(UserError, match="Custom models are disabled"):
             overall_tab.chosen_models(ctx, [], custom)
     for name in ("gpt2", str(EMBEDDED / "tiny-gpt2"), "GSAI-ML/LLaDA-8B-Instruct"):
-        with pytest.raises(UserError, match="not offered"):
-            overall_tab.chosen_models(ctx, [name], None)
+        with pytest.raises(UserError, match="not offered.*--allow-custom-models"):
+            overall_tab.chosen_models(ctx, [name], None)  # typed into the list: says how
     # with --allow-custom-models a folder may be typed in, but remote code still needs the flag
     allowing = make_context(AppConfig(share=True, allow_custom_models=True))
     assert overall_tab.chosen_models(allowing, [], str(EMBEDDED / "tiny-gpt2")) == [

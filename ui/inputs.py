@@ -13,9 +13,15 @@ def chosen_models(ctx, models: list[str] | str | None, custom: str | None) -> li
     if isinstance(models, str):
         models = [models]
     names = [m for m in (models or []) if m]
-    for m in names:
-        if m not in ctx.models:
-            raise UserError(f"Model '{m}' is not offered here. Choose from: {', '.join(ctx.models)}.")
+    typed = [m for m in names if m not in ctx.models]  # typed into the list, not chosen from it
+    if typed and not ctx.config.allow_custom_models:
+        raise UserError(f"Model '{typed[0]}' is not offered here. Choose from: "
+                        f"{', '.join(ctx.models)}. Other models (a HuggingFace id or a local "
+                        "folder) need the dashboard started with --allow-custom-models.")
+    if typed:
+        from models.registry import resolve
+
+        names = [m if m in ctx.models else resolve(m, allow_custom=True).name for m in names]
     custom = (custom or "").strip()
     if custom:
         if not ctx.config.allow_custom_models:

@@ -408,7 +408,8 @@ def build(ctx) -> OverallTab:
                                  label="Models", elem_id="models",
                                  info="fill-mask models (BERT) need [MASK] in the prompt; "
                                       "causal models (GPT-2, Llama) predict the next token",
-                                 max_choices=cfg.max_models_per_analysis)
+                                 max_choices=cfg.max_models_per_analysis,
+                                 allow_custom_value=True)  # a typed id gets a message, not silence
             custom = None
             if cfg.allow_custom_models:
                 custom = gr.Textbox(label="Custom model (HuggingFace id or local folder)",
