@@ -11,6 +11,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -396,77 +397,104 @@ def example_rows(offered: list[str]) -> list[list]:
     return rows
 
 
-def build(ctx) -> OverallTab:
+def _form(ctx) -> SimpleNamespace:
+    """The prompt, model and settings column and the buttons column."""
     cfg = ctx.config
     default = [m for m in ("tiny-gpt2",) if m in ctx.models] or ctx.models[:1]
+    f = SimpleNamespace(custom=None)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            prompt = gr.Textbox(label="Prompt", lines=2, max_lines=8, elem_id="prompt",
-                                placeholder="the capital of japan is   (use [MASK] for BERT)",
-                                value=DEFAULT_PROMPT)
-            models = gr.Dropdown(choices=ctx.models, value=default, multiselect=True,
-                                 label="Models", elem_id="models",
-                                 info="fill-mask models (BERT) need [MASK] in the prompt; "
-                                      "causal models (GPT-2, Llama) predict the next token",
-                                 max_choices=cfg.max_models_per_analysis,
-                                 allow_custom_value=True)  # a typed id gets a message, not silence
-            custom = None
+            f.prompt = gr.Textbox(label="Prompt", lines=2, max_lines=8, elem_id="prompt",
+                                  placeholder="the capital of japan is   (use [MASK] for BERT)",
+                                  value=DEFAULT_PROMPT)
+            f.models = gr.Dropdown(choices=ctx.models, value=default, multiselect=True,
+                                   label="Models", elem_id="models",
+                                   info="fill-mask models (BERT) need [MASK] in the prompt; "
+                                        "causal models (GPT-2, Llama) predict the next token",
+                                   max_choices=cfg.max_models_per_analysis,
+                                   allow_custom_value=True)  # a typed id gets a message
             if cfg.allow_custom_models:
-                custom = gr.Textbox(label="Custom model (HuggingFace id or local folder)",
-                                    placeholder="e.g. distilgpt2", elem_id="custom-model")
+                f.custom = gr.Textbox(label="Custom model (HuggingFace id or local folder)",
+                                      placeholder="e.g. distilgpt2", elem_id="custom-model")
             rows = example_rows(ctx.models)
             if rows:
-                gr.Examples(examples=rows, inputs=[prompt, models], label="Example prompts",
+                gr.Examples(examples=rows, inputs=[f.prompt, f.models], label="Example prompts",
                             elem_id="examples", examples_per_page=8)
         with gr.Column(scale=1, min_width=260):
-            analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze-btn", size="lg")
+            f.analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze-btn",
+                                      size="lg")
             gr.Markdown("One forward pass per model (plus one backward pass for attribution). "
                         "Models load on first use.", elem_id="analyze-help")
-            chat = gr.Checkbox(False, label="Chat template (chat models: the prompt is "
-                               "analysed inside the model's template)", elem_id="chat-template")
-            head_method = gr.Radio(list(HEAD_METHODS.items()), value="gradient",
-                                   label="Per-head support", elem_id="head-method")
-            bundle_btn = gr.Button("Build ZIP bundle", elem_id="bundle-btn")
-            download = gr.File(label="Download (ZIP: PDF report, CSV, NPY, PNG, session log)",
-                               elem_id="download", interactive=False, visible=False)
-    result_head = gr.Markdown("Results appear here after **Analyze**.", elem_id="result-header")
-    notices = gr.Markdown("", elem_id="notices")
-    curves = gr.Plot(label="Layer metrics against relative depth", elem_id="metric-curves",
-                     format="png", show_label=False)
-    table = gr.Dataframe(value=pd.DataFrame(columns=["model", "layer",
-                                                     *map(metric_header, TABLE_COLUMNS)]),
-                         label="Layer metrics (layer 0 = embeddings; TwoNN with its 95% "
-                               "bootstrap interval)", elem_id="metrics-table",
-                         column_widths=["10%", "5%"] + ["8.5%"] * len(TABLE_COLUMNS),
-                         interactive=False, wrap=True, max_height=420)
-    slot_outputs, texts = [], []
-    for i in range(cfg.max_models_per_analysis):
-        with gr.Column(visible=False, elem_id=f"slot-{i}") as slot:
-            header = gr.Markdown("", elem_id=f"model-header-{i}", elem_classes=["model-header"])
-            with gr.Row(equal_height=False):
-                label = gr.Label(label="Top predictions", num_top_classes=TOP_K,
-                                 elem_id=f"predictions-{i}", scale=1)
-                with gr.Column(scale=2):
-                    text = gr.Markdown("", elem_id=f"continuation-{i}")
-                    highlight = gr.HighlightedText(label="Token attribution (gradient × input)",
-                                                   elem_id=f"attribution-{i}", show_legend=True,
-                                                   combine_adjacent=False, show_inline_category=False)
-            # one per row: side by side they would be shrunk below readable text
-            norm = gr.Plot(label="Layer metrics, normalised", elem_id=f"norm-heatmap-{i}",
-                           format="png", show_label=False)
-            corr = gr.Plot(label="Metric correlations across layers", elem_id=f"correlation-{i}",
-                           format="png", show_label=False)
-        slot_outputs += [slot, header, label, text, highlight, norm, corr]
-        texts.append(text)
+            f.chat = gr.Checkbox(False, label="Chat template (chat models: the prompt is "
+                                 "analysed inside the model's template)", elem_id="chat-template")
+            f.head_method = gr.Radio(list(HEAD_METHODS.items()), value="gradient",
+                                     label="Per-head support", elem_id="head-method")
+            f.bundle_btn = gr.Button("Build ZIP bundle", elem_id="bundle-btn")
+            f.download = gr.File(label="Download (ZIP: PDF report, CSV, NPY, PNG, session log)",
+                                 elem_id="download", interactive=False, visible=False)
+    return f
+
+
+def _model_slot(i: int) -> list:
+    """One analysed model's panels (hidden until used): [column, header, predictions,
+    continuation, attribution, normalised heatmap, correlations]."""
+    with gr.Column(visible=False, elem_id=f"slot-{i}") as slot:
+        header = gr.Markdown("", elem_id=f"model-header-{i}", elem_classes=["model-header"])
+        with gr.Row(equal_height=False):
+            label = gr.Label(label="Top predictions", num_top_classes=TOP_K,
+                             elem_id=f"predictions-{i}", scale=1)
+            with gr.Column(scale=2):
+                text = gr.Markdown("", elem_id=f"continuation-{i}")
+                highlight = gr.HighlightedText(label="Token attribution (gradient × input)",
+                                               elem_id=f"attribution-{i}", show_legend=True,
+                                               combine_adjacent=False, show_inline_category=False)
+        # one per row: side by side they would be shrunk below readable text
+        norm = gr.Plot(label="Layer metrics, normalised", elem_id=f"norm-heatmap-{i}",
+                       format="png", show_label=False)
+        corr = gr.Plot(label="Metric correlations across layers", elem_id=f"correlation-{i}",
+                       format="png", show_label=False)
+    return [slot, header, label, text, highlight, norm, corr]
+
+
+def _results(ctx, models) -> SimpleNamespace:
+    """Everything below the form: what is shown, notices, curves, table, model slots, the
+    dataset panel and the session log."""
+    r = SimpleNamespace()
+    r.head = gr.Markdown("Results appear here after **Analyze**.", elem_id="result-header")
+    r.notices = gr.Markdown("", elem_id="notices")
+    r.curves = gr.Plot(label="Layer metrics against relative depth", elem_id="metric-curves",
+                       format="png", show_label=False)
+    r.table = gr.Dataframe(value=pd.DataFrame(columns=["model", "layer",
+                                                       *map(metric_header, TABLE_COLUMNS)]),
+                           label="Layer metrics (layer 0 = embeddings; TwoNN with its 95% "
+                                 "bootstrap interval)", elem_id="metrics-table",
+                           column_widths=["10%", "5%"] + ["8.5%"] * len(TABLE_COLUMNS),
+                           interactive=False, wrap=True, max_height=420)
+    r.slots = [_model_slot(i) for i in range(ctx.config.max_models_per_analysis)]
     with gr.Accordion("Dataset mode: layer geometry over many texts", open=False,
                       elem_id="dataset-accordion"):
         dataset_panel.build(ctx, models)
     with gr.Accordion("Session log", open=False, elem_id="session-log-accordion"):
-        session_log = gr.Dataframe(value=session_log_table(Session()), elem_id="session-log",
-                                   interactive=False, wrap=True, show_label=False)
+        r.session_log = gr.Dataframe(value=session_log_table(Session()), elem_id="session-log",
+                                     interactive=False, wrap=True, show_label=False)
+    return r
 
-    outputs = [ctx.state, notices, curves, table, download, session_log, *slot_outputs, result_head]
 
+def build(ctx) -> OverallTab:
+    f = _form(ctx)
+    r = _results(ctx, f.models)
+    slot_outputs = [c for slot in r.slots for c in slot]
+    outputs = [ctx.state, r.notices, r.curves, r.table, f.download, r.session_log, *slot_outputs,
+               r.head]
+    analyzed = _wire(ctx, f, outputs, [slot[3] for slot in r.slots], r.session_log)
+    return OverallTab(f.prompt, f.models, f.custom, f.analyze_btn, f.bundle_btn, f.download,
+                      outputs, analyzed)
+
+
+def _wire(ctx, f: SimpleNamespace, outputs: list, texts: list, session_log) -> list:
+    """Analyze (button and Enter), the continuation after it, the bundle; returns the two
+    analysis events."""
+    custom = f.custom
     if custom is None:
         @friendly_errors
         def on_analyze(session, models, prompt, chat_value=False, method=None,
@@ -480,8 +508,8 @@ def build(ctx) -> OverallTab:
             return analyze_event(ctx, session, models, custom_model, prompt, chat_value, method,
                                  progress=progress)
 
-    inputs = [ctx.state, models] + ([custom] if custom is not None else []) + [prompt, chat,
-                                                                               head_method]
+    inputs = [ctx.state, f.models] + ([custom] if custom is not None else []) + [
+        f.prompt, f.chat, f.head_method]
 
     def busy():  # shown at once; a click while a job runs waits its turn in the queue
         return gr.Button(value="Analyzing… (another click waits its turn)", variant="secondary")
@@ -490,14 +518,14 @@ def build(ctx) -> OverallTab:
         return gr.Button(value="Analyze", variant="primary")
 
     analyzed = []
-    for trigger, kw in ((analyze_btn.click, dict(api_name="page_analyze",
-                                                 api_visibility="undocumented")),
-                        (prompt.submit, dict(api_visibility="private"))):
-        started = trigger(busy, None, [analyze_btn], queue=False, api_visibility="private",
+    for trigger, kw in ((f.analyze_btn.click, dict(api_name="page_analyze",
+                                                   api_visibility="undocumented")),
+                        (f.prompt.submit, dict(api_visibility="private"))):
+        started = trigger(busy, None, [f.analyze_btn], queue=False, api_visibility="private",
                           trigger_mode="multiple")
         done = started.then(on_analyze, inputs, outputs, concurrency_id=limits.MODEL_CONCURRENCY_ID,
                             concurrency_limit=1, **kw)
-        done.then(idle, None, [analyze_btn], queue=False, api_visibility="private")
+        done.then(idle, None, [f.analyze_btn], queue=False, api_visibility="private")
         analyzed.append(done)
 
     @friendly_errors
@@ -513,7 +541,7 @@ def build(ctx) -> OverallTab:
     def on_bundle(session):
         return bundle_event(ctx, session)
 
-    bundle_btn.click(on_bundle, [ctx.state], [download, ctx.state, session_log],
-                     api_name="page_bundle", api_visibility="undocumented",
-                     concurrency_id="bundle", concurrency_limit=2)
-    return OverallTab(prompt, models, custom, analyze_btn, bundle_btn, download, outputs, analyzed)
+    f.bundle_btn.click(on_bundle, [ctx.state], [f.download, ctx.state, session_log],
+                       api_name="page_bundle", api_visibility="undocumented",
+                       concurrency_id="bundle", concurrency_limit=2)
+    return analyzed
