@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from models.common import atomic_write
-from models.trace import shown_positions
+from models.trace import region_at, shown_positions
 
 GREY = (205, 205, 205)
 GREEN = (120, 200, 120)
@@ -39,6 +39,9 @@ class Frame:
     new: set[int]  # positions committed since the previous frame
     end: int | None  # the first end-of-sequence position, or None
     note: str = ""  # what happened in the step (KV cache refreshed, early stop)
+    # a uniform-noise run (DiffusionGemma): the positions whose token is accepted or final;
+    # the others hold the model's current draft, drawn like a masked position (None: masked run)
+    settled: set[int] | None = None
 
 
 def _step_note(r: Any) -> str:
@@ -56,10 +59,18 @@ def all_frames(result: Any) -> list[Frame]:
     """Every step's frame, after the all-masked start."""
     n = shown_positions(result)
     frames = [Frame(0, [result.mask_token] * n, set(), None)]
+    uniform = getattr(result, "noise", None) == "uniform"
     for r in result.trace:
         frames.append(Frame(r.step, list(r.tokens)[:n], {c["position"] for c in r.committed},
-                            getattr(r, "end", None), _step_note(r)))
+                            getattr(r, "end", None), _step_note(r),
+                            settled_positions(result, r.step) if uniform else None))
     return frames
+
+
+def settled_positions(result: Any, step: int) -> set[int]:
+    """A uniform-noise run after ``step`` steps: the positions accepted in it or final (a
+    finished block), as the run view shows them (models.trace.region_at)."""
+    return {p for p, cell in enumerate(region_at(result, step)) if cell["state"] != "masked"}
 
 
 def _subsampled(frames: list[Frame]) -> list[Frame]:
@@ -72,7 +83,7 @@ def _subsampled(frames: list[Frame]) -> list[Frame]:
     for i, f in enumerate(frames):
         pending |= f.new
         if i in keep:
-            out.append(Frame(f.step, f.tokens, pending, f.end, f.note))
+            out.append(Frame(f.step, f.tokens, pending, f.end, f.note, f.settled))
             pending = set()
     return out
 
@@ -133,7 +144,10 @@ class Panel:
             draw.rectangle([bar_x0, y0 + 34, bar_x0 + (bar_x1 - bar_x0) * frame.step // total,
                             y0 + 46], fill=(100, 170, 230))
         for p, (tok, box) in enumerate(zip(frame.tokens, self.boxes, strict=True)):
-            colour = GREY if tok == r.mask_token else GREEN if p in frame.new else BLUE
+            if frame.settled is not None:  # uniform noise: a draft is not committed
+                colour = GREEN if p in frame.new else BLUE if p in frame.settled else GREY
+            else:
+                colour = GREY if tok == r.mask_token else GREEN if p in frame.new else BLUE
             past = frame.end is not None and p >= frame.end
             box = (box[0], box[1] + y0, box[2], box[3] + y0)
             draw.rounded_rectangle(box, radius=5, fill=_faded(colour) if past else colour)
@@ -144,9 +158,10 @@ class Panel:
                       font=self.small)
 
 
-def _legend(draw: Any, y: int) -> None:
+def _legend(draw: Any, y: int, uniform: bool = False) -> None:
     small, x = _font(13), PAD
-    for colour, label in ((GREY, "masked"), (GREEN, "new this step"), (BLUE, "committed"),
+    first = "draft / not started" if uniform else "masked"
+    for colour, label in ((GREY, first), (GREEN, "new this step"), (BLUE, "committed"),
                           (_faded(BLUE), "end of sequence and after (not content)")):
         draw.rectangle([x, y, x + 14, y + 14], fill=colour)
         draw.text((x + 20, y), label, fill=INK, font=small)
@@ -168,7 +183,7 @@ def frame_images(result: Any, width: int = 900) -> list[Any]:
         img = Image.new("RGB", (width, panel.height + 30), BACKGROUND)
         draw = ImageDraw.Draw(img)
         panel.draw(draw, 0, f, _header(result))
-        _legend(draw, panel.height + 6)
+        _legend(draw, panel.height + 6, getattr(result, "noise", None) == "uniform")
         images.append(img)
     return images
 
@@ -237,7 +252,7 @@ def pair_images(diffusion: Any, autoregressive: Any, width: int = 900) -> list[A
                     f" ms, {r.nfe} forward passes")
             panel.draw(draw, y, _at(frames, times, t), head)
             y += panel.height
-        _legend(draw, y + 8)
+        _legend(draw, y + 8, any(getattr(r, "noise", None) == "uniform" for r, _f, _t in runs))
         images.append(img)
     return images
 
@@ -340,7 +355,10 @@ left/right arrows step</div>
     box.textContent = "";
     toks.forEach(function (t, p) {
       var s = el("span", t);
-      s.className = "tok " + (t === D.mask_token ? "masked" : (fresh[p] ? "new" : "old")) +
+      var state = D.settled ? (fresh[p] ? "new" : (cur > 0 &&
+        D.settled[cur - 1].indexOf(p) >= 0 ? "old" : "masked")) :
+        (t === D.mask_token ? "masked" : (fresh[p] ? "new" : "old"));
+      s.className = "tok " + state +
         (p === selected ? " sel" : "") + (end >= 0 && p >= end ? " after-end" : "");
       s.title = "position " + p + (p in conf ? " \\u00b7 confidence " + conf[p].toFixed(4) : "") +
         (end >= 0 && p >= end ? " \\u00b7 " + (p === end ? "end of sequence" :
@@ -422,6 +440,9 @@ def trace_html(result: Any) -> str:
     """A self-contained step viewer (inline CSS and JavaScript, no external files): prev/next
     and play buttons, a slider, left/right arrow keys, click a token for its candidates."""
     data = dict(result.to_json(), mask_token=result.mask_token)
+    if getattr(result, "noise", None) == "uniform":  # drafts are not committed tokens
+        data["settled"] = [sorted(settled_positions(result, k))
+                           for k in range(1, len(result.trace) + 1)]
     return (_HTML.replace("__TITLE__", _escape(f"{result.model}: {result.prompt}"[:200]))
             .replace("__DATA__", _safe_json(data)))
 

@@ -267,6 +267,13 @@ def test_decode_heatmap_and_viewer_build_from_the_trace(run, tmp_path):
     assert [c["state"] for c in cells[:8]] == ["old"] * 8
     assert {p for p, c in enumerate(cells) if c["state"] == "new"} == accepted
     assert all(c["state"] == "masked" for p, c in enumerate(cells[8:], 8) if p not in accepted)
+    # the viewer and the GIF frames colour as the run view: drafts are not committed tokens
+    from reports.diffusion_export import all_frames, settled_positions
+
+    assert data["settled"][6] == sorted(p for p, c in enumerate(region_at(r, 7))
+                                        if c["state"] != "masked")
+    frame = all_frames(r)[7]
+    assert frame.settled == settled_positions(r, 7) and frame.settled != set(range(len(cells)))
     assert [c["revised"] for c in cells] == [p in {x["position"] for x in r.trace[6].revised}
                                              for p in range(16)]
 
