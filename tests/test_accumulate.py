@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from analysis import accumulate as A
+from analysis import dataset_math
 from analysis import metrics as M
 from analysis.attention import role_scores
 from models.errors import UserError
@@ -260,7 +261,7 @@ def test_entropy_interval_covers_the_population_value():
         counts = torch.as_tensor(rng.multinomial(k, np.full(k, 1 / k), size=boot)).double()
         reps = A.entropies(x.expand(boot, k, d), counts).numpy()  # zero weights drop rows
         for kind in covered:
-            iv = A._interval(value, reps, normal=kind == "normal")
+            iv = dataset_math._interval(value, reps, normal=kind == "normal")
             covered[kind] += iv.ci_low <= truth <= iv.ci_high
     assert covered["normal"] / runs >= 0.8
     assert covered["percentile"] / runs <= 0.2
