@@ -267,7 +267,6 @@ TRAIN = {
     "tiny-gpt2": TrainConfig(steps=4000, lr=2e-3),
     "tiny-llama": TrainConfig(steps=4000, lr=2e-3),
 }
-CORPUS: dict[str, corpus_mod.CorpusConfig] = {}  # per-model corpus settings (none differ now)
 TOKENIZERS = {"tiny-bert": bert_tokenizer, "tiny-gpt2": gpt2_tokenizer,
               "tiny-llama": llama_tokenizer}
 
@@ -276,7 +275,7 @@ def make(name: str, out_dir: Path | None = None, cfg: TrainConfig | None = None,
          corpus_cfg: corpus_mod.CorpusConfig | None = None) -> dict:
     """Run one recipe end to end and save the checkpoint; returns the model-card facts."""
     cfg = cfg or TRAIN[name]
-    corpus_cfg = corpus_cfg or CORPUS.get(name, corpus_mod.CorpusConfig())
+    corpus_cfg = corpus_cfg or corpus_mod.CorpusConfig()  # every model: the same corpus
     out_dir = Path(out_dir or EMBEDDED_DIR / name)
     lines = training_lines(name, corpus_cfg)
     tokenizer = TOKENIZERS[name](lines)
