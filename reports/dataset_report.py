@@ -161,7 +161,7 @@ def write_dataset_pdf(results: list, path: Path, figures: dict, session_log: lis
                                st["caption"]))
     story.append(PageBreak())
     story.append(Paragraph("Definitions", st["h1"]))
-    story.append(p(KINDS_TEXT, st["body"]))
+    story.append(Paragraph(KINDS_TEXT, st["body"]))  # our own markup (bold kinds)
     for name, text in pdf_mod.DEFINITIONS:
         story.append(Paragraph(f"<b>{escape(name)}</b>: {text}", st["body"]))
     doc = BaseDocTemplate(str(path), pagesize=pdf_mod.PAGE, leftMargin=pdf_mod.MARGIN,

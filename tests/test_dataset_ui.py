@@ -36,6 +36,12 @@ def test_the_panel_runs_a_bundled_dataset_and_writes_its_bundle(ctx):
         assert {"manifest.json", "dataset_layer_metrics.csv", "dataset_head_metrics.csv",
                 "dataset_tiny-gpt2.npz", "report.pdf", "summary.json"} <= set(names)
         assert json.loads(z.read("summary.json"))["models"][0]["dataset"]["texts"] == 24
+        import io
+
+        from pypdf import PdfReader
+
+        text = " ".join(pg.extract_text() for pg in PdfReader(io.BytesIO(z.read("report.pdf"))).pages)
+        assert "all tokens, exact" in text and "<b>" not in text  # markup rendered, not printed
     assert session.log[-1]["action"] == "analyze dataset"
 
 
