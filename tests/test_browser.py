@@ -98,7 +98,9 @@ def choose_model(page, name: str) -> None:
     models.locator("input").fill(name)
     page.get_by_role("option", name=name, exact=True).click()
     page.locator("#prompt textarea").click()  # close the list
-    assert models.locator(".token").all_inner_texts() == [name]
+    from playwright.sync_api import expect
+
+    expect(models.locator(".token")).to_have_text([name])  # waits for the page to show it
 
 
 def test_dashboard_end_to_end(page):
