@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
 def file_safe(name: str) -> str:
     """A model name or id as a file-name part: letters, digits, '-', '_' and '.'; others '-'."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
+
+
+def flag(help: str, **kw) -> dict:
+    """Config field metadata that dashboard.add_flags turns into a command-line flag: help, and
+    optionally flag (its name), choices, metavar, required, action ("append"), split (a
+    separator); {"cli": False} instead keeps a field off the command line."""
+    return {"help": help, **kw}
+
+
+def opt(default=None, help: str = "", **kw):
+    """A config field with `flag` metadata."""
+    return field(default=default, metadata=flag(help, **kw))

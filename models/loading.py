@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.common import UserError
+from models.common import UserError, flag
 from models.registry import Availability, ModelEntry, availability, resolve
 
 log = logging.getLogger(__name__)
@@ -121,27 +121,22 @@ class Loaded:
             self.device)
 
 
-def _flag(help: str, **kw) -> dict:
-    """Field metadata the command line reads to make a flag (dashboard.add_flags)."""
-    return {"help": help, **kw}
-
-
 @dataclass(frozen=True)
 class LoadOptions:
     """How models are loaded; the command line makes one flag per field (dashboard.py)."""
 
-    trust_remote_code: bool = field(default=False, metadata=_flag(
+    trust_remote_code: bool = field(default=False, metadata=flag(
         "allow models that run their own code (e.g. LLaDA); never settable from the page"))
-    allow_pickle: bool = field(default=False, metadata=_flag(
+    allow_pickle: bool = field(default=False, metadata=flag(
         "allow *.bin pickle weights (they can run code when loaded)",
         flag="--allow-pickle-weights"))
     allow_custom: bool = field(default=True, metadata={"cli": False})
-    device: str = field(default="auto", metadata=_flag(
+    device: str = field(default="auto", metadata=flag(
         "auto picks cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps"))
-    dtype: str = field(default="auto", metadata=_flag(
+    dtype: str = field(default="auto", metadata=flag(
         "weights' dtype (auto: bfloat16 on a CUDA device that has it, else float32); metrics "
         "are always computed in float64", choices=DTYPES))
-    revision: str | None = field(default=None, metadata=_flag(
+    revision: str | None = field(default=None, metadata=flag(
         "a hub model's branch, tag or commit", metavar="REV"))
 
 
