@@ -261,7 +261,8 @@ def unpack_attention(payload: AttentionPayload | str | dict) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _static() -> tuple[str, str]:
-    js = (STATIC / "attention_explorer.js").read_text(encoding="utf-8")
+    js = "".join((STATIC / name).read_text(encoding="utf-8")  # the bus first: the explorer
+                 for name in ("selection_bus.js", "attention_explorer.js"))  # reads it at load
     css = (STATIC / "attention_explorer.css").read_text(encoding="utf-8")
     if "</script" in js.lower() or "</style" in css.lower():
         raise RuntimeError("the explorer's JS/CSS must not contain a closing script/style tag")

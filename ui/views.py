@@ -163,7 +163,8 @@ def empty(message: str) -> str:
 @functools.lru_cache(maxsize=1)
 def head_html() -> str:
     """The views' style and script as ``<head>`` HTML (inline: no request)."""
-    js = (STATIC / "views.js").read_text(encoding="utf-8")
+    js = "".join((STATIC / name).read_text(encoding="utf-8")  # the bus first: the views
+                 for name in ("selection_bus.js", "views.js"))  # read it at load
     css = (STATIC / "views.css").read_text(encoding="utf-8")
     if "</script" in js.lower() or "</style" in css.lower():
         raise RuntimeError("the views' JS/CSS must not contain a closing script/style tag")

@@ -22,38 +22,7 @@
   var MONO = "11px ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace";
   var MUTED = "#66727f", INK = "#1f2933", GRID = "#d5dbe1", NAN = "#e4e4e4";
 
-  // One selection shared by the views of a page group (the attention explorer, the head maps,
-  // the cluster scatter; the same code in attention_explorer.js and views.js, whichever loads
-  // first defines it). A click in one view shows in all at once, in the page, then Python hears
-  // of it and sends the selection back to every view: `echo` tells a view that such a
-  // selection was already shown (published here in the last few seconds), so a late echo
-  // never moves a view back from where the user has gone since.
-  var Bus = global.DashboardBus || (global.DashboardBus = (function () {
-    var subs = {}, recent = {}, ECHO_MS = 4000;
-    return {
-      publish: function (group, layer, head, owner) {
-        var now = Date.now();
-        recent[group] = (recent[group] || []).filter(function (r) { return now - r.t < ECHO_MS; });
-        recent[group].push({layer: layer, head: head, t: now, seen: []});
-        (subs[group] || []).slice().forEach(function (s) { if (s.owner !== owner) s.fn(layer, head); });
-      },
-      subscribe: function (group, owner, fn) {
-        var list = subs[group] = (subs[group] || []).filter(function (s) { return s.owner !== owner; });
-        list.push({owner: owner, fn: fn});
-      },
-      echo: function (group, owner, layer, head) {
-        var now = Date.now(), list = recent[group] || [];
-        for (var i = 0; i < list.length; i++) {
-          var r = list[i];
-          if (now - r.t < ECHO_MS && r.layer === layer && r.head === head && r.seen.indexOf(owner) < 0) {
-            r.seen.push(owner);
-            return true;
-          }
-        }
-        return false;
-      }
-    };
-  })());
+  var Bus = global.DashboardBus;  // ui/static/selection_bus.js, loaded first
 
   // ------------------------------------------------------------------ colours
 
