@@ -16,7 +16,7 @@ twins for the PDF and the bundle.
 """
 
 from reports.figures.animation import GIF_MAX_BYTES, layer_transition_frame, layer_transition_gif
-from reports.figures.diffusion import DIFFUSION_METRICS, compare_bars, decode_heatmap, metric_bars
+from reports.figures.diffusion import compare_bars, decode_heatmap, metric_bars
 from reports.figures.heads import (
     ROLE_MARKERS,
     attention_entropy_heatmap,
@@ -52,7 +52,7 @@ from reports.figures.style import (
 )
 
 __all__ = [
-    "CAPTIONS", "DIFFUSION_METRICS", "GIF_MAX_BYTES", "LENS_POSITIONS",
+    "CAPTIONS", "GIF_MAX_BYTES", "LENS_POSITIONS",
     "MAX_TICK_LABELS", "METRIC_LABELS", "ROLE_MARKERS", "STYLE", "FigureSpec",
     "attention_entropy_heatmap", "attention_pattern", "compare_bars", "decode_heatmap",
     "head_attribution_heatmap", "head_clusters", "head_grid", "head_matrix", "head_mosaic",

@@ -14,15 +14,6 @@ from models.generation import BAR_METRICS, RESULT_METRICS
 from models.trace import decode_table
 from reports.figures.style import _figure, _styled, _suptitle, _title, message_figure, token_label
 
-DIFFUSION_METRICS = [  # (label, GenerationResult attribute, scale, format)
-    ("seconds", "seconds", 1.0, "{:.4f}"),
-    ("tokens / s", "tokens_per_second", 1.0, "{:.1f}"),
-    ("forward passes (NFE)", "nfe", 1.0, "{:.0f}"),
-    ("steps", "steps", 1.0, "{:.0f}"),
-    ("ms per token", "time_per_token", 1000.0, "{:.3f}"),
-    ("peak memory (MB)", "peak_memory_mb", 1.0, "{:.2f}"),
-]
-
 
 @_styled
 def decode_heatmap(result) -> Figure:
