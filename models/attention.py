@@ -62,9 +62,12 @@ class AttentionCall:
 
 
 def _eager(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-           mask: torch.Tensor | None, scaling: float, softcap: float | None
+           mask: torch.Tensor | None, scaling: float, softcap: float | None,
+           softmax_dtype: torch.dtype | None = torch.float32
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention weights [b, h, q, k] and output [b, q, h, dh] of eager attention."""
+    """Attention weights [b, h, q, k] and output [b, q, h, dh] of eager attention. The softmax
+    runs in float32, as HF's eager functions; `softmax_dtype=None` runs it in the query's dtype
+    (float64 for a float64 model: what tests comparing batchings at 1e-9 need)."""
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if softcap is not None:
         weights = torch.tanh(weights / softcap) * softcap
@@ -73,7 +76,7 @@ def _eager(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             weights = weights.masked_fill(~mask, torch.finfo(weights.dtype).min)
         else:
             weights = weights + mask[..., : key.shape[-2]]
-    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = torch.softmax(weights, dim=-1, dtype=softmax_dtype or query.dtype).to(query.dtype)
     return weights, torch.matmul(weights, value).transpose(1, 2).contiguous()
 
 

@@ -46,13 +46,13 @@ def load_llada(folder: str, dtype: torch.dtype, revision: str | None = None) -> 
                         f"{', '.join(missing)}.")
     config_cls = get_class_from_dynamic_module(auto_map["AutoConfig"], folder, revision=revision)
     model_cls = get_class_from_dynamic_module(auto_map["AutoModel"], folder, revision=revision)
-    _fix_for_transformers5(model_cls)
+    fix_for_transformers5(model_cls)
     config = config_cls.from_pretrained(folder)
     return model_cls.from_pretrained(folder, config=config, dtype=dtype,
                                      use_safetensors=True).eval()
 
 
-def _fix_for_transformers5(model_cls) -> None:
+def fix_for_transformers5(model_cls) -> None:
     """LLaDA's wrapper never calls post_init() (transformers 5 needs it: all_tied_weights_keys)
     and its tie_weights() takes no arguments (transformers 5 passes some). Done once per class."""
     if model_cls.__dict__.get("_dashboard_fixed", False):

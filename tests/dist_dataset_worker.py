@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -35,28 +36,15 @@ from models.errors import UserError  # noqa: E402
 SMALL = dict(sample_tokens=300, bootstrap=50, entropy_bootstrap=3)  # fast finalisation
 
 
-def _eager64(query, key, value, mask, scaling, softcap):
-    """models.attention._eager with the softmax in the query's dtype (there: float32)."""
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if softcap is not None:
-        weights = torch.tanh(weights / softcap) * softcap
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            weights = weights.masked_fill(~mask, torch.finfo(weights.dtype).min)
-        else:
-            weights = weights + mask[..., : key.shape[-2]]
-    weights = torch.softmax(weights, dim=-1)
-    return weights, torch.matmul(weights, value).transpose(1, 2).contiguous()
-
-
 @contextmanager
 def float64_softmax():
     """The project's attention takes its softmax in float32 (as HF's eager functions do), so
     even a float64 model's outputs then depend on the batch's padded length at ~1e-8. Inside
-    this context it is float64, and a float64 model's hidden states agree across batch shapes
-    to ~1e-15: what lets tests compare batchings and process counts at 1e-9."""
+    this context it runs in the model's own dtype, and a float64 model's hidden states agree
+    across batch shapes to ~1e-15: what lets tests compare batchings and process counts at
+    1e-9."""
     saved = attention_mod._eager
-    attention_mod._eager = _eager64
+    attention_mod._eager = functools.partial(saved, softmax_dtype=None)  # the query's dtype
     try:
         yield
     finally:

@@ -1005,22 +1005,9 @@ def load_llada(folder, **kwargs):
     auto_map = json.loads((Path(folder) / "config.json").read_text())["auto_map"]
     config_cls = get_class_from_dynamic_module(auto_map["AutoConfig"], folder)
     model_cls = get_class_from_dynamic_module(auto_map["AutoModel"], folder)
-    if not model_cls.__dict__.get("_standin_patched", False):
-        init, tie = model_cls.__init__, model_cls.tie_weights
+    from models.remote import fix_for_transformers5
 
-        def __init__(self, *args, **kw):
-            init(self, *args, **kw)
-            if not hasattr(self, "all_tied_weights_keys"):
-                self.post_init()
-
-        def tie_weights(self, *args, **kw):
-            try:
-                return tie(self, *args, **kw)
-            except TypeError:
-                return tie(self)
-
-        model_cls.__init__, model_cls.tie_weights = __init__, tie_weights
-        model_cls._standin_patched = True
+    fix_for_transformers5(model_cls)  # what the project's loader does (post_init, tie_weights)
     kwargs.setdefault("attn_implementation", "eager")
     config = config_cls.from_pretrained(folder)
     return model_cls.from_pretrained(folder, config=config, **kwargs).eval()
