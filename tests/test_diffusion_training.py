@@ -9,12 +9,11 @@ import torch
 
 from models import corpus
 from models.common import UserError
+from models.diffusion_eval import contains_word, diffusion_capital_accuracy
 from models.diffusion_training import (
     DiffusionCollator,
     DiffusionConfig,
     bucket_name,
-    contains_word,
-    diffusion_capital_accuracy,
     grown_order,
     level_bucket,
     schedule_levels,
