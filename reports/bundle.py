@@ -38,6 +38,7 @@ from analysis.result import (
 from models.common import atomic_file
 from reports import figures as figs
 from reports import pdf as pdf_mod
+from reports.pdf_parts import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def _manifest(analysis: Analysis, names: dict[str, str], arrays: dict, files: di
         models.append(entry)
     return {"format": BUNDLE_FORMAT, "prompts": list(analysis.prompts), "models": models,
             "seed": analysis.seed, "settings": dict(analysis.settings),
-            "packages": pdf_mod.package_versions(), "created": analysis.created,
+            "packages": package_versions(), "created": analysis.created,
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "arrays": arrays, "files": files}
 

@@ -26,6 +26,7 @@ import numpy as np
 from analysis.accumulate import ALL_TOKEN_METRICS, HEAD_STATS, METRICS, SAMPLE_METRICS
 from models.common import atomic_file, file_safe
 from reports import pdf as pdf_mod
+from reports import pdf_parts
 from reports.bundle import _csv_value, _sha256, _zip_folder, session_log_html
 from reports.figures import dataset as dfigs
 from reports.figures import save_png
@@ -122,8 +123,8 @@ def write_dataset_pdf(results: list, path: Path, figures: dict, session_log: lis
     """A PDF of the dataset run: what was measured, the tables, the figures, the definitions."""
     from reportlab.platypus import BaseDocTemplate, Frame, PageBreak, PageTemplate, Paragraph
 
-    st = pdf_mod._styles()
-    p = pdf_mod._p
+    st = pdf_parts._styles()
+    p = pdf_parts._p
     story: list = [Paragraph("Dataset analysis", st["title"])]
     first = results[0]
     story.append(p(f"Source: {first.source} (fingerprint {first.fingerprint}).", st["body"]))
@@ -144,19 +145,19 @@ def write_dataset_pdf(results: list, path: Path, figures: dict, session_log: lis
             tw = s.token_sample.get("intrinsic_dim_twonn")
             ae = s.per_text.get("activation_entropy")
             a = s.all_tokens
-            rows.append([str(s.layer), pdf_mod._fmt(a.get("effective_rank"), 4),
-                         pdf_mod._fmt(a.get("participation_ratio"), 4),
-                         pdf_mod._fmt(a.get("intrinsic_dim_pca95")),
+            rows.append([str(s.layer), pdf_parts._fmt(a.get("effective_rank"), 4),
+                         pdf_parts._fmt(a.get("participation_ratio"), 4),
+                         pdf_parts._fmt(a.get("intrinsic_dim_pca95")),
                          _interval(tw.value, tw.ci_low, tw.ci_high) if tw else "–",
                          _interval(ae.mean, ae.ci_low, ae.ci_high) if ae else "–",
-                         pdf_mod._fmt(s.dataset_entropy, 3), pdf_mod._fmt(a.get("cosine_to_input"), 3),
-                         pdf_mod._fmt(a.get("anisotropy"), 3),
-                         pdf_mod._fmt(a.get("attention_entropy"), 3)])
-        story.append(pdf_mod._table(rows, [28, 40, 40, 34, 78, 90, 50, 40, 40, 40], st))
+                         pdf_parts._fmt(s.dataset_entropy, 3), pdf_parts._fmt(a.get("cosine_to_input"), 3),
+                         pdf_parts._fmt(a.get("anisotropy"), 3),
+                         pdf_parts._fmt(a.get("attention_entropy"), 3)])
+        story.append(pdf_parts._table(rows, [28, 40, 40, 34, 78, 90, 50, 40, 40, 40], st))
     story.append(PageBreak())
     for n, (png, title, caption) in enumerate(figures.values(), start=1):
-        story.append(pdf_mod._scaled_image(png, pdf_mod.FRAME_W,
-                                           pdf_mod.FRAME_H - pdf_mod.CAPTION_RESERVE))
+        story.append(pdf_parts._scaled_image(png, pdf_parts.FRAME_W,
+                                             pdf_parts.FRAME_H - pdf_parts.CAPTION_RESERVE))
         story.append(Paragraph(f"<b>Figure {n}.</b> {escape(title)}. {escape(caption)}",
                                st["caption"]))
     story.append(PageBreak())
@@ -164,11 +165,11 @@ def write_dataset_pdf(results: list, path: Path, figures: dict, session_log: lis
     story.append(Paragraph(KINDS_TEXT, st["body"]))  # our own markup (bold kinds)
     for name, text in pdf_mod.DEFINITIONS:
         story.append(Paragraph(f"<b>{escape(name)}</b>: {text}", st["body"]))
-    doc = BaseDocTemplate(str(path), pagesize=pdf_mod.PAGE, leftMargin=pdf_mod.MARGIN,
-                          rightMargin=pdf_mod.MARGIN, topMargin=pdf_mod.MARGIN,
-                          bottomMargin=pdf_mod.MARGIN, title="Dataset analysis")
+    doc = BaseDocTemplate(str(path), pagesize=pdf_parts.PAGE, leftMargin=pdf_parts.MARGIN,
+                          rightMargin=pdf_parts.MARGIN, topMargin=pdf_parts.MARGIN,
+                          bottomMargin=pdf_parts.MARGIN, title="Dataset analysis")
     doc.addPageTemplates([PageTemplate("portrait", [Frame(
-        pdf_mod.MARGIN, pdf_mod.MARGIN, pdf_mod.FRAME_W, pdf_mod.FRAME_H, leftPadding=0,
+        pdf_parts.MARGIN, pdf_parts.MARGIN, pdf_parts.FRAME_W, pdf_parts.FRAME_H, leftPadding=0,
         rightPadding=0, topPadding=0, bottomPadding=0)], onPage=pdf_mod._on_page)])
     doc.build(story)
     return path
@@ -178,8 +179,8 @@ def _interval(value, low, high) -> str:
     if value is None:
         return "–"
     if low is None or high is None:
-        return pdf_mod._fmt(value, 3)
-    return f"{pdf_mod._fmt(value, 3)} [{pdf_mod._fmt(low, 3)}, {pdf_mod._fmt(high, 3)}]"
+        return pdf_parts._fmt(value, 3)
+    return f"{pdf_parts._fmt(value, 3)} [{pdf_parts._fmt(low, 3)}, {pdf_parts._fmt(high, 3)}]"
 
 
 def write_dataset_bundle(results: list, out_path: str | os.PathLike,
@@ -209,7 +210,7 @@ def write_dataset_bundle(results: list, out_path: str | os.PathLike,
                     "fingerprint": results[0].fingerprint, "settings": results[0].settings,
                     "models": [{"name": r.model, "texts": r.texts, "tokens": r.tokens,
                                 "processes": r.processes, "notices": r.notices} for r in results],
-                    "packages": pdf_mod.package_versions(), "created": created,
+                    "packages": pdf_parts.package_versions(), "created": created,
                     "files": {n: {"sha256": _sha256(folder / n),
                                   "bytes": (folder / n).stat().st_size} for n in names}}
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
