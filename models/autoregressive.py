@@ -104,6 +104,15 @@ def autoregressive_generate(loaded: Any, prompt: str, length: int, temperature: 
     with loaded.lock, torch.inference_mode():
         (generated, raw, nfe), seconds, peak, note = measured(device, run, measure_memory,
                                                               same_steps)
+    return _result(loaded, prompt, length, generated, raw, nfe, ends, seconds, peak, note,
+                   temperature, seed, use_cache)
+
+
+def _result(loaded: Any, prompt: str, length: int, generated: list[int], raw: list[RawStep],
+            nfe: int, ends: set[int], seconds: float, peak: float | None, note: str,
+            temperature: float, seed: int, use_cache: bool) -> GenerationResult:
+    """The finished run as a GenerationResult: every step's tokens padded with ``"<pending>"`` to
+    ``length`` positions, the content ending at the first end-of-sequence token."""
     trace = records(loaded.tokenizer, raw, None, PENDING, ends)
     for r in trace:
         r.tokens = r.tokens + [PENDING] * (length - len(r.tokens))

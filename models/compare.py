@@ -210,6 +210,35 @@ class _Runs:
                            n_candidates=0, use_chat_template=chat, measure_memory=False)
 
 
+def _run_abba(runs: _Runs, prompts: Sequence[tuple[str, str | None]], seeds: list[int],
+              reference: bool, quality: Quality | None,
+              progress: Callable[[int, int, str], None] | None
+              ) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Every prompt and seed through both paradigms, alternating which goes first (ABBA):
+    (the comparison's rows, each paradigm's run items with their ``prompt_index``)."""
+    ends = end_ids(runs.diff)
+    rows: list[dict] = []
+    per: dict[str, list[dict]] = {"autoregressive": [], "diffusion": []}
+    total, k = len(prompts) * len(seeds), 0
+    for pi, (prompt, expected) in enumerate(prompts):
+        for seed in seeds:
+            order = (("autoregressive", "diffusion") if k % 2 == 0
+                     else ("diffusion", "autoregressive"))
+            row: dict[str, Any] = {"prompt": prompt, "expected": expected, "seed": seed}
+            for paradigm in order:
+                res = (runs.run_ar(prompt, seed) if paradigm == "autoregressive"
+                       else runs.run_diff(prompt, seed))
+                if paradigm == "diffusion" and reference and not is_uniform(runs.diff):
+                    res.agreement = agreement(res, runs.reference(prompt, seed, res), ends)
+                row[paradigm] = _item(res, expected, quality)
+                per[paradigm].append({**row[paradigm], "prompt_index": pi})
+            rows.append(row)
+            k += 1
+            if progress is not None:
+                progress(k, total, prompt)
+    return rows, per
+
+
 def compare(ar_loaded: Any, diff_loaded: Any, prompts: Sequence[tuple[str, str | None]],
             length: int = 16, steps: int | None = None, block_length: int | None = None,
             strategy: str = "low_confidence", threshold: float | None = None,
@@ -257,26 +286,7 @@ def compare(ar_loaded: Any, diff_loaded: Any, prompts: Sequence[tuple[str, str |
                  length if ar_length is None else ar_length, measure_memory)
     if warmup:
         runs.warm_up(prompts[0][0], seeds[0])
-    ends = end_ids(diff_loaded)
-    rows: list[dict] = []
-    per: dict[str, list[dict]] = {"autoregressive": [], "diffusion": []}
-    total, k = len(prompts) * len(seeds), 0
-    for pi, (prompt, expected) in enumerate(prompts):
-        for seed in seeds:
-            order = (("autoregressive", "diffusion") if k % 2 == 0
-                     else ("diffusion", "autoregressive"))
-            row: dict[str, Any] = {"prompt": prompt, "expected": expected, "seed": seed}
-            for paradigm in order:
-                res = (runs.run_ar(prompt, seed) if paradigm == "autoregressive"
-                       else runs.run_diff(prompt, seed))
-                if paradigm == "diffusion" and reference and not is_uniform(diff_loaded):
-                    res.agreement = agreement(res, runs.reference(prompt, seed, res), ends)
-                row[paradigm] = _item(res, expected, quality)
-                per[paradigm].append({**row[paradigm], "prompt_index": pi})
-            rows.append(row)
-            k += 1
-            if progress is not None:
-                progress(k, total, prompt)
+    rows, per = _run_abba(runs, prompts, seeds, reference, quality, progress)
     return {
         "settings": {"length": length, "steps": steps, "block_length": block_length,
                      "strategy": strategy, "threshold": threshold, "temperature": temperature,
