@@ -118,8 +118,18 @@ class AttentionStore:
             self.path = None
             self._array = np.empty(self.shape, dtype=np.float32)
 
+    def buffer(self, layer: int):
+        """Where layer `layer`'s weights may be written as they are computed, `[1, head, query,
+        key]` float32 (a view of the in-memory store), or None (kept on disk)."""
+        import torch
+
+        if self.on_disk or not 0 <= layer < self.shape[0]:
+            return None
+        return torch.from_numpy(self._array[layer])[None]
+
     def add(self, layer: int, att) -> None:
-        """One layer's weights, `att  # torch.Tensor or array [head or kv-head, query, key]`."""
+        """One layer's weights, `att  # torch.Tensor or array [head or kv-head, query, key]`
+        (already in place when the attention wrote them into `buffer(layer)`)."""
         import torch
 
         w = torch.as_tensor(att).detach().float().cpu()
@@ -134,7 +144,7 @@ class AttentionStore:
         self.stats["mean_distance"][layer] = distance
         if self.on_disk:
             self._fh.write(w.half().numpy().tobytes())  # torch: ~50x faster than numpy astype
-        else:
+        elif a.__array_interface__["data"][0] != self._array[layer].__array_interface__["data"][0]:
             self._array[layer] = a
         self.seen += 1
 
@@ -322,7 +332,8 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
     store = AttentionStore(loaded.n_layers, loaded.n_heads, len(ids), loaded.causal)
     call = None
     if registered:
-        call = AttentionCall(record=lambda layer, w: store.add(layer, w[0]))
+        call = AttentionCall(record=lambda layer, w: store.add(layer, w[0]),
+                             weights_out=store.buffer)
     x = torch.tensor([ids], device=loaded.torch_device)
     embeds = None
     try:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from analysis import attention as att_mod
 from analysis import metrics as M
 
 # text_head_stats' output per layer, {name: [text, head]} (DatasetAccumulator.add_batch's input)
@@ -177,7 +178,7 @@ def text_head_stats(attn: torch.Tensor, lengths, causal: bool) -> dict[str, torc
     for s in range(0, b_, step):
         c = slice(s, s + step)
         a = torch.where(inside[c], attn[c].double().clamp_min(0.0), 0.0)
-        e = -torch.special.xlogy(a, a).sum(-1) / norm[c, None, :]
+        e = -att_mod.xlogx(a).sum(-1) / norm[c, None, :]
         out["entropy_sum"][c] = torch.where(counted[c, None], e, 0.0).sum(-1).cpu()
         out["entropy_rows"][c] = counted[c].sum(-1, keepdim=True).double().expand(-1, h).cpu()
         rows = later[c].sum(-1)[:, None]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.special import xlogy
@@ -22,10 +25,11 @@ _EPS = np.finfo(np.float64).eps
 # Centring constant rows leaves round-off of about eps * |h|; below this relative size the
 # centred matrix is treated as zero (no variance).
 _ZERO_VARIANCE_REL = 1e-12
-# TwoNN: bytes of float64 squared distances held at once, and how many candidate neighbours
-# per point are re-measured exactly after the fast (|x|^2 + |y|^2 - 2 x.y) screening.
+# TwoNN: bytes of float64 squared distances held at once; the fast (|x|^2 + |y|^2 - 2 x.y)
+# screening's error is below ~(2 d + 8) eps (|x|^2 + |y|^2) (d the dimension): candidates within
+# twice this slack (relative to |x|^2 + max |y|^2) of the second nearest are re-measured exactly.
 _TWONN_CHUNK_BYTES = 32 * 1024 * 1024
-_TWONN_CANDIDATES = 10
+_TWONN_SLACK = 1e-9
 _TWONN_BLOCK_BYTES = 1024 * 1024
 _TWONN_DISCARD = 0.10
 _TWONN_MIN_POINTS = 10
@@ -127,38 +131,51 @@ def _two_nearest(x: np.ndarray, gram: np.ndarray | None = None) -> np.ndarray:
     Centre `x` first (distances are unchanged, the screening below loses less to round-off).
 
     Returns [point, 2]. Works in row chunks so no N x N matrix is held: squared distances are
-    screened with |x|^2 + |y|^2 - 2 x.y, and the best few candidates re-measured exactly
-    (the screening formula loses precision for close points). `gram  # [point, point]`: the
-    rows' (centred) dot products when the caller has them already: the screening reads them
-    instead of computing x x^T again.
+    screened with |x|^2 + |y|^2 - 2 x.y, and every point the screening cannot rule out is
+    re-measured exactly: those within twice the screening's round-off bound of a row's second
+    smallest screened distance (usually just the two, more when points are nearly equidistant).
+    `gram  # [point, point]`: the rows' (centred) dot products when the caller has them
+    already: the screening reads them instead of computing x x^T again.
     """
-    n = x.shape[0]
+    n, dim = x.shape
     sq = np.einsum("ij,ij->i", x, x) if gram is None else np.diagonal(gram).copy()
-    k = min(_TWONN_CANDIDATES, n - 1)
+    slack = max(_TWONN_SLACK, 16 * dim * _EPS) * (sq + sq.max())  # >> the round-off of d2
     chunk = max(1, min(n, _TWONN_CHUNK_BYTES // (8 * n)))
     out = np.empty((n, 2))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        xc = x[start:stop]
-        d2 = xc @ x.T if gram is None else gram[start:stop].copy()
+        d2 = x[start:stop] @ x.T if gram is None else gram[start:stop].copy()
         d2 *= -2.0
         d2 += sq[start:stop, None]
         d2 += sq[None, :]
         rows = np.arange(stop - start)
         d2[rows, np.arange(start, stop)] = np.inf  # a point is not its own neighbour
-        cand = np.argpartition(d2, k - 1, axis=1)[:, :k]  # [chunk, k]
-        exact = np.empty(cand.shape)
-        # |x_i - x_j| for the candidates, [rows, k, dim] in blocks of ~1 MB that stay in cache
-        # (the same sum of squares as np.linalg.norm, 4-5x faster than one candidate at a time)
-        block = max(1, _TWONN_BLOCK_BYTES // (8 * k * x.shape[1]))
-        for b in range(0, stop - start, block):
-            diff = x[cand[b:b + block]]
-            np.subtract(xc[b:b + block, None, :], diff, out=diff)
-            np.multiply(diff, diff, out=diff)
-            exact[b:b + block] = np.sqrt(diff.sum(axis=2))
-        exact.sort(axis=1)
-        out[start:stop] = exact[:, :2]
+        first = d2.argmin(axis=1)
+        best = d2[rows, first]
+        d2[rows, first] = np.inf
+        second = d2.min(axis=1)
+        d2[rows, first] = best
+        row, col = np.nonzero(d2 <= (second + 2.0 * slack[start:stop])[:, None])
+        out[start:stop] = _two_smallest_exact(x, row + start, col, stop - start)
     return out
+
+
+def _two_smallest_exact(x: np.ndarray, row: np.ndarray, col: np.ndarray, n_rows: int
+                        ) -> np.ndarray:
+    """The two smallest exact distances |x[row] - x[col]| of each of `n_rows` consecutive rows,
+    from the candidate pairs (`row` ascending, at least two pairs a row), [n_rows, 2]. The
+    differences are taken in blocks of ~1 MB that stay in cache."""
+    exact = np.empty(row.size)
+    block = max(1, _TWONN_BLOCK_BYTES // (8 * x.shape[1]))
+    for b in range(0, row.size, block):
+        diff = x[col[b:b + block]]
+        np.subtract(x[row[b:b + block]], diff, out=diff)
+        np.multiply(diff, diff, out=diff)
+        exact[b:b + block] = np.sqrt(diff.sum(axis=1))
+    order = np.lexsort((exact, row))  # by row, then by distance
+    starts = np.searchsorted(row[order], row[0] + np.arange(n_rows))
+    ranked = exact[order]
+    return np.stack([ranked[starts], ranked[starts + 1]], axis=1)
 
 
 def twonn_ratios(h: np.ndarray, gram: np.ndarray | None = None
@@ -233,8 +250,14 @@ def twonn_interval(mu: np.ndarray, n: int, level: float = 0.95, n_boot: int = TW
     if mu.size < 2:
         return None
     rng = np.random.default_rng(seed)
-    draws = mu[rng.integers(0, mu.size, size=(n_boot, mu.size))]
-    fits = [v for v in (twonn_fit(row, n) for row in draws) if v is not None]
+    draws = np.sort(mu[rng.integers(0, mu.size, size=(n_boot, mu.size))], axis=1)
+    # twonn_fit on each resample, its sort and logarithms taken for all rows at once
+    n_keep = min(int(math.floor(n * (1.0 - _TWONN_DISCARD))), mu.size)
+    if n_keep < 1:
+        return None
+    xs = np.log(draws[:, :n_keep])
+    ys = -np.log(1.0 - np.arange(1, n_keep + 1) / n)
+    fits = [float(np.dot(r, ys)) / d for r in xs if (d := float(np.dot(r, r))) > 0.0]
     if len(fits) < 3:
         return None
     lo, hi = np.percentile(fits, [50 * (1 - level), 50 * (1 + level)])
@@ -286,7 +309,9 @@ def cosine_to_input(h: np.ndarray, h0: np.ndarray) -> float | None:
     ok = (na > 0) & (nb > 0)
     if not ok.any():
         return None
-    cos = np.einsum("ij,ij->i", a[ok], b[ok]) / (na[ok] * nb[ok])
+    if not ok.all():
+        a, b, na, nb = a[ok], b[ok], na[ok], nb[ok]
+    cos = np.einsum("ij,ij->i", a, b) / (na * nb)
     return float(np.mean(np.clip(cos, -1.0, 1.0)))
 
 
@@ -425,6 +450,40 @@ def _layer_values(m: np.ndarray, h0: np.ndarray) -> dict:
     }
 
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def layer_workers(n_items: int) -> int:
+    """How many layers to compute side by side: one per core when numpy's BLAS runs on one
+    thread (models.loading.set_threads sets that for the process), else one. Two layers each
+    on a multi-threaded BLAS fight for the cores: GPT-2's 13 layers at 512 tokens took 21 s
+    instead of 0.75 s on 2 cores; on one BLAS thread each, 0.43 s."""
+    cores = os.cpu_count() or 1
+    if cores < 2 or n_items < 2:
+        return 1
+    from threadpoolctl import threadpool_info
+
+    if any(lib.get("user_api") == "blas" and lib.get("num_threads", 1) > 1
+           for lib in threadpool_info()):
+        return 1
+    return min(cores, n_items)
+
+
+def map_layers(fn: Callable, items: Sequence) -> list:
+    """[fn(item) for item in items], spread over `layer_workers` threads (numpy releases the
+    GIL in its linear algebra and array loops, where the layer metrics spend their time)."""
+    global _POOL
+    items = list(items)
+    workers = layer_workers(len(items))
+    if workers == 1:
+        return [fn(item) for item in items]
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="layers")
+    return list(_POOL.map(fn, items))
+
+
 LAYER_METRIC_NAMES = ("effective_rank", "participation_ratio", "intrinsic_dim_pca95",
                       "intrinsic_dim_twonn", "activation_entropy", "cosine_to_input", "anisotropy",
                       "attention_entropy", "intrinsic_dim_twonn_ci_low",
@@ -453,15 +512,16 @@ def layer_metrics(hidden: np.ndarray, attentions=None, causal: bool = False,
                          f"hidden has {n_layers} + 1")
     out = {name: np.full(n_layers + 1, np.nan) for name in LAYER_METRIC_NAMES}
     h0 = np.asarray(hid[0], dtype=np.float64)
+    per_layer = map_layers(lambda layer: _layer_values(np.asarray(hid[layer], dtype=np.float64), h0),
+                           range(n_layers + 1))
     for layer in range(n_layers + 1):
-        m = np.asarray(hid[layer], dtype=np.float64)
         if layer == 0:
             att_ent = None
         elif attention_entropy is not None:
             att_ent = attention_entropy[layer - 1]
         else:
             att_ent = layer_attention_entropy(attentions[layer - 1], causal)
-        values = {**_layer_values(m, h0), "attention_entropy": att_ent}
+        values = {**per_layer[layer], "attention_entropy": att_ent}
         for name, v in values.items():
             v = _clean(v)
             if v is not None:

@@ -24,7 +24,9 @@ import torch
 
 from analysis import attention as att_mod
 from analysis.capture import capture, encode
+from analysis.metrics import layer_workers
 from analysis.run import induction_scores, layer_metrics_of
+from models.loading import set_threads
 
 
 def transformer_lens_model():
@@ -93,8 +95,12 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
-    torch.set_num_threads(2)
     loaded = random_model("gpt2-124m")
+    # as the app sets up the process for this model: torch on every core, numpy's BLAS on one
+    # (the layer metrics spread layers over the cores), the allocator keeping freed memory
+    threads = set_threads(sum(p.numel() for p in loaded.model.parameters()))
+    print(f"torch threads: {threads}, numpy BLAS threads: 1, layer workers: "
+          f"{layer_workers(loaded.n_layers + 1)}")
     tl_model = transformer_lens_model()
     for n in args.lengths:
         bench_length(loaded, n, args.repeat, tl_model)

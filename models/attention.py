@@ -9,6 +9,8 @@ call. A shared, cached model is therefore never modified per request:
 
 - ``record(layer, weights)``: each layer's attention weights `[batch, head, query, key]` as the
   pass goes (the capture streams them into its statistics and store);
+- ``weights_out(layer)``: where the softmax may write that layer's weights (the capture's store,
+  so they are not copied there afterwards), or None;
 - ``gates`` `[layer, head]`: each head's output is multiplied by its gate before the attention
   output projection (per-head attribution: a gradient at g = 1, or an ablation at g = 0);
 - ``fused``: PyTorch's scaled_dot_product_attention instead (no [T, T] weights are kept; for
@@ -45,6 +47,7 @@ class AttentionCall:
     (the attention module's ``layer_idx``, or the order of the calls when a model has none)."""
 
     record: Callable[[int, torch.Tensor], None] | None = None
+    weights_out: Callable[[int], torch.Tensor | None] | None = None
     gates: torch.Tensor | None = None  # [layer, head]
     fused: bool = False
     prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (k, v) [b, kv, t, dh]
@@ -63,11 +66,12 @@ class AttentionCall:
 
 def _eager(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
            mask: torch.Tensor | None, scaling: float, softcap: float | None,
-           softmax_dtype: torch.dtype | None = torch.float32
+           softmax_dtype: torch.dtype | None = torch.float32, out: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention weights [b, h, q, k] and output [b, q, h, dh] of eager attention. The softmax
     runs in float32, as HF's eager functions; `softmax_dtype=None` runs it in the query's dtype
-    (float64 for a float64 model: what tests comparing batchings at 1e-9 need)."""
+    (float64 for a float64 model: what tests comparing batchings at 1e-9 need). `out`: a tensor
+    the weights are written into when its shape and dtype fit and no gradient is taken."""
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if softcap is not None:
         weights = torch.tanh(weights / softcap) * softcap
@@ -76,7 +80,12 @@ def _eager(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             weights = weights.masked_fill(~mask, torch.finfo(weights.dtype).min)
         else:
             weights = weights + mask[..., : key.shape[-2]]
-    weights = torch.softmax(weights, dim=-1, dtype=softmax_dtype or query.dtype).to(query.dtype)
+    dtype = softmax_dtype or query.dtype
+    if (out is not None and out.shape == weights.shape and out.dtype == dtype == query.dtype
+            and out.device == weights.device and not weights.requires_grad):
+        weights = torch.softmax(weights, dim=-1, dtype=dtype, out=out)
+    else:
+        weights = torch.softmax(weights, dim=-1, dtype=dtype).to(query.dtype)
     return weights, torch.matmul(weights, value).transpose(1, 2).contiguous()
 
 
@@ -123,7 +132,9 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
             query, key, value, attn_mask=mask, is_causal=causal, scale=scaling)
         out, weights = out.transpose(1, 2).contiguous(), None
     else:
-        weights, out = _eager(query, key, value, attention_mask, scaling, kwargs.get("softcap"))
+        into = call.weights_out(layer) if call is not None and call.weights_out else None
+        weights, out = _eager(query, key, value, attention_mask, scaling, kwargs.get("softcap"),
+                              out=into)
         if dropout and module.training:
             raise RuntimeError("the dashboard attention runs models in eval mode only")
         if call is not None and call.record is not None:

@@ -463,3 +463,23 @@ def test_a_killed_server_loses_nothing_downloaded_and_restarts_on_the_same_port(
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_set_threads_leaves_numpy_blas_on_one_thread_and_tunes_the_allocator():
+    import sys
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from models.loading import keep_freed_memory, set_threads
+
+    with threadpool_limits(None):  # restored afterwards, whatever set_threads sets
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            assert set_threads(10**6) == 1  # a tiny model: one torch thread
+            blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+            assert blas and all(lib["num_threads"] == 1 for lib in blas)
+        finally:
+            torch.set_num_threads(before)
+    assert keep_freed_memory() is sys.platform.startswith("linux")

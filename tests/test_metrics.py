@@ -117,14 +117,25 @@ def test_two_nearest_matches_brute_force():
 
 
 def test_two_nearest_in_small_blocks_matches_brute_force(monkeypatch):
-    # candidates re-measured 7 rows at a time (9 blocks, the last one short), chunks of 13 rows
+    # candidate pairs re-measured 7 at a time (the last block short), chunks of 13 rows
     x = _rng(9).normal(size=(60, 5)) + 1e3
     d = np.linalg.norm(x[:, None] - x[None], axis=-1)
     np.fill_diagonal(d, np.inf)
     brute = np.sort(d, axis=1)[:, :2]
-    monkeypatch.setattr(M, "_TWONN_BLOCK_BYTES", 8 * M._TWONN_CANDIDATES * 5 * 7)
+    monkeypatch.setattr(M, "_TWONN_BLOCK_BYTES", 8 * 5 * 7)
     monkeypatch.setattr(M, "_TWONN_CHUNK_BYTES", 8 * 60 * 13)
     np.testing.assert_allclose(M._two_nearest(x), brute, rtol=1e-9)
+
+
+def test_two_nearest_with_many_equidistant_neighbours():
+    # a grid far from the origin: most points have 4-6 neighbours at exactly the same distance,
+    # which the screening cannot order; each one is re-measured and the two nearest are 1, 1
+    g = np.stack(np.meshgrid(*[np.arange(6.0)] * 3, indexing="ij"), -1).reshape(-1, 3) + 1e4
+    d = np.linalg.norm(g[:, None] - g[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    brute = np.sort(d, axis=1)[:, :2]
+    np.testing.assert_array_equal(brute, 1.0)
+    np.testing.assert_allclose(M._two_nearest(g), brute, rtol=1e-12)
 
 
 # --- activation entropy ---------------------------------------------------------------------
@@ -325,3 +336,33 @@ def test_one_gram_per_layer_gives_the_separate_functions_numbers(shape):
                 assert np.isnan(got), (name, layer)
             else:
                 assert got == pytest.approx(expect, rel=1e-10, abs=1e-12), (name, layer)
+
+
+def test_layers_side_by_side_give_the_same_numbers(monkeypatch):
+    # map_layers on a pool of threads (numpy's BLAS on one thread, as set_threads leaves it)
+    # and one layer at a time: every metric of every layer bit for bit the same
+    from threadpoolctl import threadpool_limits
+
+    hidden = np.cumsum(_rng(21).normal(size=(7, 40, 16)), axis=0)
+    with threadpool_limits(1, user_api="blas"):
+        monkeypatch.setattr(M, "layer_workers", lambda n: 2)
+        pooled = M.layer_metrics(hidden, attention_entropy=[0.5] * 6)
+        monkeypatch.setattr(M, "layer_workers", lambda n: 1)
+        alone = M.layer_metrics(hidden, attention_entropy=[0.5] * 6)
+    assert set(pooled) == set(alone)
+    for name in alone:
+        np.testing.assert_array_equal(pooled[name], alone[name])
+    assert np.isfinite(alone["intrinsic_dim_twonn"]).all()
+
+
+def test_layer_workers_stay_at_one_on_a_multithreaded_blas(monkeypatch):
+    import threadpoolctl
+
+    monkeypatch.setattr(M.os, "cpu_count", lambda: 4)
+    blas = {"user_api": "blas", "internal_api": "openblas", "num_threads": 2}
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [blas])
+    assert M.layer_workers(13) == 1  # two BLAS teams of every core would fight
+    blas["num_threads"] = 1
+    assert M.layer_workers(13) == 4
+    assert M.layer_workers(3) == 3
+    assert M.layer_workers(1) == 1
