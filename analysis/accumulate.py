@@ -251,7 +251,7 @@ class DatasetAccumulator:
         self._ensure_state(dev)
         parts, x0 = [], None
         for layer in range(L1):
-            x = torch.where(mask[..., None], hidden[layer].double(), 0.0)  # [text, token, d]
+            x = hidden[layer].to(torch.float64, copy=True).masked_fill_(~mask[..., None], 0.0)
             x0 = x if layer == 0 else x0
             self._add_scatter(layer, x[mask])
             parts.append(text_layer_metrics(x, x0, mask))

@@ -36,11 +36,17 @@ BATCH, LENGTH = 16, 128
 
 
 def set_threads(n: int) -> None:
+    """`n` torch threads; numpy's BLAS and the allocator as the app sets them
+    (models.loading.set_threads)."""
     import torch
     from threadpoolctl import threadpool_limits
 
+    from models.loading import keep_freed_memory
+
     torch.set_num_threads(n)
-    threadpool_limits(n)
+    threadpool_limits(n, user_api="openmp")
+    threadpool_limits(1, user_api="blas")
+    keep_freed_memory()
 
 
 def corpus_file(n: int, folder: Path) -> Path:
@@ -149,7 +155,7 @@ def child_throughput(threads: int, rounds: int) -> dict:
     acc = A.DatasetAccumulator("gpt2-124m", 12, 768, 12, sample_tokens=5000)
     timers = Timers()
     for owner, name, label in ((D, "forward_batch", "forward+record"), (D, "text_head_stats", "head stats"),
-                               (A, "_text_layer", "per-text metrics"),
+                               (A, "text_layer_metrics", "per-text metrics"),
                                (A.DatasetAccumulator, "_add_scatter", "scatter"),
                                (A.DatasetAccumulator, "_offer_rows", "token sample"),
                                (A.DatasetAccumulator, "_add_heads", "head moments")):
