@@ -83,11 +83,45 @@ def bench_length(loaded, n_tokens: int, repeat: int, tl_model) -> None:
          statistics.median(parts["capture"]), "s", base, "(profile)")
     line(f"  and the layer metrics of {loaded.n_layers + 1} layers + clustering after it",
          statistics.median(parts["metrics"]), "s", base, "(profile)")
+    floor(loaded, x, base, n_tokens)
     if tl_model:  # pragma: no cover
         line("  TransformerLens run_with_cache (no metric)", statistics.median(times["tl"]), "s",
              base, "(information)")
     else:
         print("  TransformerLens is not installed here: its run_with_cache is not timed")
+
+
+def floor(loaded, x, base: float, n_tokens: int) -> None:
+    """The least any schedule can reach on this machine: the bare pass's CPU use (how busy it
+    keeps the cores) and the two float64 T x T eigendecompositions per layer that the metric
+    definitions need (the centred Gram's spectrum, the unit-row Gram's for the entropy), timed
+    on one core. Even overlapped perfectly on idle cores they add their core-seconds / cores."""
+    import os
+    import resource
+
+    import numpy as np
+
+    with torch.no_grad():
+        out = loaded.model(input_ids=x, output_hidden_states=True)
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        loaded.model(input_ids=x, output_attentions=True, output_hidden_states=True)
+        wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    busy = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / wall
+    grams = []
+    for h in out.hidden_states:
+        hc = h[0].double().numpy()
+        hc = hc - hc.mean(axis=0)
+        grams.append(hc @ hc.T)
+    t0 = time.perf_counter()
+    for g in grams:
+        np.linalg.eigvalsh(g)
+        np.linalg.eigvalsh(g)
+    eig = time.perf_counter() - t0
+    cores = os.cpu_count() or 1
+    print(f"  floor: the bare pass keeps {busy:.2f} of {cores} cores busy; the "
+          f"{2 * len(grams)} float64 {n_tokens} x {n_tokens} eigendecompositions take {eig:.3f} "
+          f"core-s on one thread -> at least {1 + eig / (cores * base):.2f}x on {cores} cores "
+          "with everything else free")
 
 
 def main() -> None:
