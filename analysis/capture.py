@@ -368,14 +368,7 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
     if store.on_disk:
         notices.append(f"The attention array ({np.prod(store.shape) * 4 / 2**20:.0f} MB as "
                        "float32) is kept as float16 on disk.")
-    states = list(out.hidden_states)
-    last_normed = call is None or call.last_block is None
-    if not last_normed:
-        states[-1] = call.last_block
-    else:
-        notices.append(f"The last layer of '{loaded.name}' could not be read before its final "
-                       "norm: layer L is the model's final (normed) hidden state.")
-    hidden = np.stack([h[0].detach().float().cpu().numpy() for h in states])
+    hidden, last_normed = _hidden_states(loaded, out, call, notices)
     kept = (logit_t[0].detach().float().cpu().numpy() if logit_t is not None
             else np.zeros((len(rows), 0), np.float32))
     if kept.nbytes > ATTENTION_MEMORY_LIMIT:
@@ -388,5 +381,19 @@ def capture(loaded, prompt: str, max_tokens: int | None = None,
                  gradient=grad, last_layer_normed=last_normed,
                  chat_template=bool(chat_template and input_ids is None
                                     and getattr(loaded.tokenizer, "chat_template", None)))
+
+
+def _hidden_states(loaded, out, call, notices: list[str]) -> tuple[np.ndarray, bool]:
+    """(hidden  # [layer + 1, token, d] float32, whether layer L is the final-normed state):
+    layer L is block L's output recorded by the block hook when there is one (a notice says
+    so when there is not)."""
+    states = list(out.hidden_states)
+    last_normed = call is None or call.last_block is None
+    if not last_normed:
+        states[-1] = call.last_block
+    else:
+        notices.append(f"The last layer of '{loaded.name}' could not be read before its final "
+                       "norm: layer L is the model's final (normed) hidden state.")
+    return np.stack([h[0].detach().float().cpu().numpy() for h in states]), last_normed
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.special import xlogy
+
+from analysis import parallel
 
 log = logging.getLogger(__name__)
 
@@ -450,40 +449,6 @@ def _layer_values(m: np.ndarray, h0: np.ndarray) -> dict:
     }
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def layer_workers(n_items: int) -> int:
-    """How many layers to compute side by side: one per core when numpy's BLAS runs on one
-    thread (models.loading.set_threads sets that for the process), else one. Two layers each
-    on a multi-threaded BLAS fight for the cores: GPT-2's 13 layers at 512 tokens took 21 s
-    instead of 0.75 s on 2 cores; on one BLAS thread each, 0.43 s."""
-    cores = os.cpu_count() or 1
-    if cores < 2 or n_items < 2:
-        return 1
-    from threadpoolctl import threadpool_info
-
-    if any(lib.get("user_api") == "blas" and lib.get("num_threads", 1) > 1
-           for lib in threadpool_info()):
-        return 1
-    return min(cores, n_items)
-
-
-def map_layers(fn: Callable, items: Sequence) -> list:
-    """[fn(item) for item in items], spread over `layer_workers` threads (numpy releases the
-    GIL in its linear algebra and array loops, where the layer metrics spend their time)."""
-    global _POOL
-    items = list(items)
-    workers = layer_workers(len(items))
-    if workers == 1:
-        return [fn(item) for item in items]
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="layers")
-    return list(_POOL.map(fn, items))
-
-
 LAYER_METRIC_NAMES = ("effective_rank", "participation_ratio", "intrinsic_dim_pca95",
                       "intrinsic_dim_twonn", "activation_entropy", "cosine_to_input", "anisotropy",
                       "attention_entropy", "intrinsic_dim_twonn_ci_low",
@@ -512,7 +477,7 @@ def layer_metrics(hidden: np.ndarray, attentions=None, causal: bool = False,
                          f"hidden has {n_layers} + 1")
     out = {name: np.full(n_layers + 1, np.nan) for name in LAYER_METRIC_NAMES}
     h0 = np.asarray(hid[0], dtype=np.float64)
-    per_layer = map_layers(lambda layer: _layer_values(np.asarray(hid[layer], dtype=np.float64), h0),
+    per_layer = parallel.map_layers(lambda layer: _layer_values(np.asarray(hid[layer], dtype=np.float64), h0),
                            range(n_layers + 1))
     for layer in range(n_layers + 1):
         if layer == 0:

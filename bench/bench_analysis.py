@@ -24,7 +24,7 @@ import torch
 
 from analysis import attention as att_mod
 from analysis.capture import capture, encode
-from analysis.metrics import layer_workers
+from analysis.parallel import layer_workers
 from analysis.run import induction_scores, layer_metrics_of
 from models.loading import set_threads
 

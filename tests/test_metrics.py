@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from analysis import metrics as M
+from analysis import parallel
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -345,9 +346,9 @@ def test_layers_side_by_side_give_the_same_numbers(monkeypatch):
 
     hidden = np.cumsum(_rng(21).normal(size=(7, 40, 16)), axis=0)
     with threadpool_limits(1, user_api="blas"):
-        monkeypatch.setattr(M, "layer_workers", lambda n: 2)
+        monkeypatch.setattr(parallel, "layer_workers", lambda n: 2)
         pooled = M.layer_metrics(hidden, attention_entropy=[0.5] * 6)
-        monkeypatch.setattr(M, "layer_workers", lambda n: 1)
+        monkeypatch.setattr(parallel, "layer_workers", lambda n: 1)
         alone = M.layer_metrics(hidden, attention_entropy=[0.5] * 6)
     assert set(pooled) == set(alone)
     for name in alone:
@@ -358,11 +359,11 @@ def test_layers_side_by_side_give_the_same_numbers(monkeypatch):
 def test_layer_workers_stay_at_one_on_a_multithreaded_blas(monkeypatch):
     import threadpoolctl
 
-    monkeypatch.setattr(M.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 4)
     blas = {"user_api": "blas", "internal_api": "openblas", "num_threads": 2}
     monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [blas])
-    assert M.layer_workers(13) == 1  # two BLAS teams of every core would fight
+    assert parallel.layer_workers(13) == 1  # two BLAS teams of every core would fight
     blas["num_threads"] = 1
-    assert M.layer_workers(13) == 4
-    assert M.layer_workers(3) == 3
-    assert M.layer_workers(1) == 1
+    assert parallel.layer_workers(13) == 4
+    assert parallel.layer_workers(3) == 3
+    assert parallel.layer_workers(1) == 1
