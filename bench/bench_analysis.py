@@ -30,13 +30,22 @@ from models.loading import set_threads
 
 
 def transformer_lens_model():
+    """TransformerLens 4's TransformerBridge over a GPT-2 small of random weights built like the
+    measured one (no download; its own copy, so TransformerLens's hooks never touch the
+    measured model), or None when the package is not installed."""
     try:
-        from transformer_lens import HookedTransformer  # noqa: F401
+        from transformer_lens.model_bridge import TransformerBridge
     except ImportError:
         return None
-    from transformer_lens import HookedTransformer
+    import tempfile  # pragma: no cover - only with transformer_lens installed
 
-    return HookedTransformer.from_pretrained_no_processing("gpt2", device="cpu")  # pragma: no cover
+    from transformers import AutoTokenizer  # pragma: no cover
+
+    twin = random_model("gpt2-124m")  # pragma: no cover
+    with tempfile.TemporaryDirectory() as tmp:  # pragma: no cover
+        twin.tokenizer.save_pretrained(tmp)  # it reads the tokenizer's name_or_path
+        tok = AutoTokenizer.from_pretrained(tmp)
+        return TransformerBridge.boot_transformers("gpt2", hf_model=twin.model, tokenizer=tok)
 
 
 def bench_length(loaded, n_tokens: int, repeat: int, tl_model) -> None:
@@ -85,8 +94,8 @@ def bench_length(loaded, n_tokens: int, repeat: int, tl_model) -> None:
          statistics.median(parts["metrics"]), "s", base, "(profile)")
     floor(loaded, x, base, n_tokens)
     if tl_model:  # pragma: no cover
-        line("  TransformerLens run_with_cache (no metric)", statistics.median(times["tl"]), "s",
-             base, "(information)")
+        line("  TransformerLens 4 TransformerBridge.run_with_cache (every activation, no metric)",
+             statistics.median(times["tl"]), "s", base, "(information)")
     else:
         print("  TransformerLens is not installed here: its run_with_cache is not timed")
 
