@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from analysis import metrics as M
+from analysis import parallel
 from analysis.dataset_math import (  # noqa: F401 (text_head_stats, stack_head_stats re-exported)
     HEAD_INPUTS,
     Interval,
@@ -34,6 +35,7 @@ from analysis.dataset_math import (  # noqa: F401 (text_head_stats, stack_head_s
     entropies,
     finite_or_none,
     sample_intervals,
+    sample_twonn,
     stack_head_stats,
     text_head_stats,
     text_layer_metrics,
@@ -454,11 +456,15 @@ class DatasetAccumulator:
         _, sample = self.sample.ordered()
         _, pooled = self.pooled.ordered()
         dev = self.device or "cpu"
+        layer_seed = [(seed & _M64) * 1024 + layer for layer in range(L1)]
+        # the TwoNN searches (numpy) side by side over layers, the torch part after them
+        twonn = None if sample is None else parallel.map_layers(
+            lambda layer: sample_twonn(sample[layer], layer_seed[layer], bootstrap), range(L1))
         layers = []
         for layer in range(L1):
-            layer_seed = (seed & _M64) * 1024 + layer
             ts = (dict.fromkeys(SAMPLE_METRICS, Interval(None, None, None)) if sample is None else
-                  sample_intervals(sample[layer], layer_seed, bootstrap, entropy_bootstrap, dev))
+                  sample_intervals(sample[layer], layer_seed[layer], bootstrap, entropy_bootstrap,
+                                   dev, twonn=twonn[layer]))
             de = None
             if pooled is not None:
                 x = torch.as_tensor(pooled[layer], device=dev)[None]

@@ -222,16 +222,24 @@ def finite_or_none(v) -> float | None:
     return float(v) if v is not None and np.isfinite(v) else None
 
 
-def sample_intervals(h: np.ndarray, seed: int, twonn_boot: int, entropy_boot: int,
-                     device: torch.device | str = "cpu") -> dict[str, Interval]:
-    """TwoNN and activation entropy of the sampled rows `h  # [row, d]` with 95% bootstrap
-    intervals: TwoNN resamples the mu ratios and refits (metrics.twonn_interval, percentile);
-    the entropy resamples rows as multinomial weights, re-centred with the weighted mean (one
-    [row, d]^T [row, d] product and one d x d eigvalsh per replicate; normal interval)."""
+def sample_twonn(h: np.ndarray, seed: int, twonn_boot: int) -> Interval:
+    """TwoNN of the sampled rows `h  # [row, d]` with its 95% bootstrap interval (the mu ratios
+    resampled and refitted, metrics.twonn_interval, percentile). numpy only: layers can run
+    side by side (analysis.parallel.map_layers)."""
     found = M.twonn_ratios(h)
     value = None if found is None else M.twonn_fit(*found)
     iv = None if found is None else M.twonn_interval(*found, n_boot=twonn_boot, seed=seed)
-    out = {"intrinsic_dim_twonn": Interval(value, *(iv or (None, None)))}
+    return Interval(value, *(iv or (None, None)))
+
+
+def sample_intervals(h: np.ndarray, seed: int, twonn_boot: int, entropy_boot: int,
+                     device: torch.device | str = "cpu", twonn: Interval | None = None
+                     ) -> dict[str, Interval]:
+    """TwoNN and activation entropy of the sampled rows `h  # [row, d]` with 95% bootstrap
+    intervals: TwoNN as `sample_twonn` (or `twonn`, when the caller computed it already);
+    the entropy resamples rows as multinomial weights, re-centred with the weighted mean (one
+    [row, d]^T [row, d] product and one d x d eigvalsh per replicate; normal interval)."""
+    out = {"intrinsic_dim_twonn": twonn if twonn is not None else sample_twonn(h, seed, twonn_boot)}
     x = torch.as_tensor(h, dtype=torch.float64, device=device)[None]
     k = x.shape[1]
     value = entropies(x, torch.ones(1, k, dtype=torch.float64, device=device))[0].item()
