@@ -461,3 +461,25 @@ def test_one_input_feeds_prediction_and_continuation(llama, chat):
     first = r.predictions.top[0]
     cont = llama.tokenizer(continuation_of(llama, r), add_special_tokens=False)["input_ids"]
     assert cont and llama.tokenizer.decode(cont[:1]).strip() == first.token
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama"])
+def test_captured_attention_is_the_models_own(name, request):
+    # the capture's softmax writes each layer straight into its store (AttentionCall.weights_out);
+    # what lands there equals the weights the model returns through output_attentions, and
+    # every row over its visible keys sums to 1
+    import torch
+
+    from models.attention import NAME
+
+    loaded = request.getfixturevalue(name)
+    assert loaded.attention == NAME  # the per-call path that writes into the store
+    trace = capture(loaded, "the capital of japan is tokyo and the capital of france is")
+    with loaded.lock, torch.no_grad():
+        out = loaded.model(input_ids=torch.tensor([trace.token_ids]), output_attentions=True)
+    want = np.stack([a[0].float().numpy() for a in out.attentions])
+    assert trace.attentions.shape == want.shape
+    np.testing.assert_array_equal(trace.attentions, want)
+    np.testing.assert_allclose(trace.attentions.sum(-1), 1.0, atol=1e-5)
+    if trace.causal:
+        assert np.all(np.triu(trace.attentions, k=1) == 0.0)
