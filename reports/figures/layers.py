@@ -47,7 +47,7 @@ def layer_metric_curves(analysis: Analysis) -> Figure:
             if col == "intrinsic_dim_twonn":  # its 95% bootstrap interval as a band
                 lo, hi = r.layers.intrinsic_dim_twonn_ci_low, r.layers.intrinsic_dim_twonn_ci_high
                 ax.fill_between(depth, lo, hi, color=palette[i], alpha=0.18, linewidth=0)
-        ax.set_title(METRIC_LABELS.get(col, col) + (" (band: 95% interval)"
+        ax.set_title(METRIC_LABELS.get(col, col) + ("\nband: 95% bootstrap interval"
                                                      if col == "intrinsic_dim_twonn" else ""))
         ax.set_xlim(-0.04, 1.04)
         ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
