@@ -32,6 +32,7 @@ from analysis.dataset_math import (  # noqa: F401 (text_head_stats, stack_head_s
     HEAD_INPUTS,
     Interval,
     TextStat,
+    add_gram,
     entropies,
     finite_or_none,
     sample_intervals,
@@ -281,12 +282,11 @@ class DatasetAccumulator:
         if nb == 0:
             return
         rows = rows.to(self.device)
-        mb = rows.mean(0)
-        rc = rows - mb
-        n = self.n_rows + nb
-        delta = mb - self.mean[layer]
+        mb, n = rows.mean(0), self.n_rows + nb
+        rc, delta = rows - mb, mb - self.mean[layer]
         self.mean[layer] += delta * (nb / n)
-        self.m2[layer].addmm_(rc.mT, rc).addr_(delta, delta, alpha=self.n_rows * nb / n)
+        add_gram(self.m2[layer], rc)
+        self.m2[layer].addr_(delta, delta, alpha=self.n_rows * nb / n)
 
     def _offer_rows(self, hidden: torch.Tensor, mask: np.ndarray, ids: np.ndarray) -> None:
         b, t = np.nonzero(mask)
