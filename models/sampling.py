@@ -145,7 +145,8 @@ def top_candidates(probs: torch.Tensor, positions: list[int], n: int) -> list[tu
 # What the tokenizer and config say
 
 
-def _ids(value: Any) -> list[int]:
+def id_list(value: Any) -> list[int]:
+    """A config or tokenizer token-id field (None, one id, or a list with Nones) as a list."""
     if value is None:
         return []
     if isinstance(value, (list, tuple, set)):
@@ -178,17 +179,17 @@ def mask_text(tokenizer: Any, mask_id: int) -> str:
 def stop_ids(loaded: Any) -> set[int]:
     """End-of-sequence ids: the tokenizer's EOS and SEP and the config's EOS ids."""
     tok, cfg = loaded.tokenizer, loaded.model.config
-    out = set(_ids(getattr(tok, "eos_token_id", None)) + _ids(getattr(tok, "sep_token_id", None)))
-    out.update(_ids(getattr(cfg, "eos_token_id", None)))
+    out = set(id_list(getattr(tok, "eos_token_id", None)) + id_list(getattr(tok, "sep_token_id", None)))
+    out.update(id_list(getattr(cfg, "eos_token_id", None)))
     gen = getattr(loaded.model, "generation_config", None)
     if gen is not None:
-        out.update(_ids(getattr(gen, "eos_token_id", None)))
+        out.update(id_list(getattr(gen, "eos_token_id", None)))
     return out
 
 
 def end_ids(loaded: Any) -> set[int]:
     """Ids that end the content of a generated region: ``stop_ids`` and the padding token."""
-    return stop_ids(loaded) | set(_ids(getattr(loaded.tokenizer, "pad_token_id", None)))
+    return stop_ids(loaded) | set(id_list(getattr(loaded.tokenizer, "pad_token_id", None)))
 
 
 def first_end(ids: Sequence[int], ends: set[int]) -> int | None:
@@ -209,9 +210,9 @@ def forbidden_ids(loaded: Any, vocab: int, mask_id: int | None, stops: set[int],
                   device: torch.device) -> torch.Tensor:
     """Bool [vocab]: ids never proposed: the mask, CLS/BOS, PAD and UNK, unless they are EOS."""
     tok = loaded.tokenizer
-    ids = set(_ids(mask_id))
+    ids = set(id_list(mask_id))
     for name in ("cls_token_id", "bos_token_id", "pad_token_id", "unk_token_id", "mask_token_id"):
-        ids.update(_ids(getattr(tok, name, None)))
+        ids.update(id_list(getattr(tok, name, None)))
     ids -= stops
     mask = torch.zeros(vocab, dtype=torch.bool, device=device)
     valid = [i for i in ids if 0 <= i < vocab]

@@ -63,6 +63,7 @@ from models.sampling import (
     content_length,
     decode_content,
     end_ids,
+    id_list,
     model_device,
     stop_ids,
     top_candidates,
@@ -82,14 +83,6 @@ MAX_NOTED_REVISIONS = 6  # revisions named in a step's note (all are in ``revise
 def is_uniform(loaded: Any) -> bool:
     """True for a uniform-noise diffusion model (models.loading.Loaded.paradigm)."""
     return getattr(loaded, "paradigm", "masked") == "uniform"
-
-
-def _ids(value: Any) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple, set)):
-        return [int(v) for v in value if v is not None]
-    return [int(value)]
 
 
 def model_defaults(model: Any) -> dict:
@@ -248,7 +241,7 @@ class _UniformRun:
         self.device = model_device(model)
         self.vocab = int(model.config.get_text_config().vocab_size)
         gen_cfg = getattr(model, "generation_config", None)
-        self.eos = set(_ids(getattr(gen_cfg, "eos_token_id", None))) or stop_ids(loaded)
+        self.eos = set(id_list(getattr(gen_cfg, "eos_token_id", None))) or stop_ids(loaded)
         pad = getattr(gen_cfg, "pad_token_id", None)
         if pad is None:
             pad = getattr(loaded.tokenizer, "pad_token_id", None)

@@ -66,3 +66,20 @@ def page_analyze(client, *inputs, submit: bool = False):
     every input is given: models, [custom,] prompt, chat template off, gradient support)."""
     call = client.submit if submit else client.predict
     return call(*inputs, False, "gradient", api_name="/page_analyze")
+
+
+class Calls:
+    """Counts calls of a module (a forward hook), e.g. a model's forward passes."""
+
+    def __init__(self, module):
+        self.n = 0
+        self.handle = module.register_forward_hook(self.hook)
+
+    def hook(self, *_):
+        self.n += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.handle.remove()

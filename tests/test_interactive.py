@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tests.conftest import have
+from tests.conftest import Calls, have
 
 pytestmark = pytest.mark.skipif(not have("tiny-bert"), reason="embedded tiny-bert missing")
 
@@ -19,23 +19,6 @@ def model():
     return load("tiny-diffusion" if have("tiny-diffusion") else "tiny-bert")
 
 
-class Calls:
-    """Counts the model's forward passes (a forward hook on the whole model)."""
-
-    def __init__(self, model):
-        self.n = 0
-        self.handle = model.model.register_forward_hook(self.hook)
-
-    def hook(self, *_):
-        self.n += 1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_):
-        self.handle.remove()
-
-
 def stepper(model, length=8, block_length=None, seed=0):
     from models.interactive import Stepper
 
@@ -46,7 +29,7 @@ def test_init_forward_auto_select_apply(model):
     s = stepper(model)
     mask = model.tokenizer.mask_token_id
     assert s.step == 0 and s.masked == list(range(8)) and s.region == [mask] * 8
-    with Calls(model) as calls:
+    with Calls(model.model) as calls:
         view = s.forward()
     assert calls.n == 1 and s.n_forward == 1
     assert [v.position for v in view] == list(range(8))
@@ -106,7 +89,7 @@ def test_reprocess_without_a_forward_pass(model):
     from models.interactive import Settings
 
     s = stepper(model)
-    with Calls(model) as calls:
+    with Calls(model.model) as calls:
         s.forward()
         base = {v.position: v for v in s.view}
         s.process(Settings(temperature=0.5))
@@ -160,7 +143,7 @@ def test_rewind_restores_exactly(model):
     s.auto_select(3)
     s.apply()
     assert s.step == 3 and len(s.masked) == 1
-    with Calls(model) as calls:
+    with Calls(model.model) as calls:
         s.rewind(1)
         assert (s.ids, s.step) == (at1[0], at1[1]) and len(s.records) == 1
         assert [(v.position, v.confidence) for v in s.view] == at1[2]  # kept logits, no re-run

@@ -19,7 +19,7 @@ import torch
 
 from models.common import UserError
 from tests import standins
-from tests.conftest import ROOT, have
+from tests.conftest import ROOT, Calls, have
 
 PROMPT = "Why is the sky blue?"
 CANVAS = 8
@@ -44,23 +44,6 @@ def loaded(folder):
     set_threads(out.params)  # tiny: one thread
     yield out
     MODELS.clear()
-
-
-class Calls:
-    """Counts calls of a module (a forward hook)."""
-
-    def __init__(self, module):
-        self.n = 0
-        self.handle = module.register_forward_hook(self.hook)
-
-    def hook(self, *_):
-        self.n += 1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_):
-        self.handle.remove()
 
 
 def force(model, tokens: dict[int, int], boost: float = 50.0):
