@@ -203,20 +203,25 @@ def twonn_ratios(h: np.ndarray, gram: np.ndarray | None = None
     return r[ok, 1] / r[ok, 0], n
 
 
+def _twonn_slopes(mu: np.ndarray, n: int) -> list[float | None]:
+    """`twonn_fit` of each row of `mu  # [set, point]`, rows sorted ascending: the logarithms for
+    every row at once, one slope per row (None where undefined)."""
+    n_keep = min(int(math.floor(n * (1.0 - _TWONN_DISCARD))), mu.shape[1])
+    if n_keep < 1:
+        return [None] * mu.shape[0]
+    xs = np.log(mu[:, :n_keep])
+    ys = -np.log(1.0 - np.arange(1, n_keep + 1) / n)
+    return [float(np.dot(r, ys)) / d if (d := float(np.dot(r, r))) > 0.0 else None for r in xs]
+
+
 def twonn_fit(mu: np.ndarray, n: int) -> float | None:
     """The TwoNN slope from the ratios `mu` of `n` points: sort, drop the largest 10%, F = i / n,
-    least-squares slope through the origin of -log(1 - F) on log(mu); None when undefined."""
-    mu = np.sort(np.asarray(mu, dtype=np.float64))
-    n_keep = min(int(math.floor(n * (1.0 - _TWONN_DISCARD))), mu.size)
-    if n_keep < 1:
-        return None
-    xs = np.log(mu[:n_keep])
-    ys = -np.log(1.0 - np.arange(1, n_keep + 1) / n)
-    denom = float(np.dot(xs, xs))
-    if denom <= 0.0:
-        log.debug("TwoNN: all kept mu equal 1; slope undefined")
-        return None
-    return float(np.dot(xs, ys) / denom)
+    least-squares slope through the origin of -log(1 - F) on log(mu); None when undefined (no
+    point kept, or every kept mu equal to 1)."""
+    slope = _twonn_slopes(np.sort(np.asarray(mu, dtype=np.float64))[None], n)[0]
+    if slope is None:
+        log.debug("TwoNN: slope undefined (no kept point, or all kept mu equal 1)")
+    return slope
 
 
 def intrinsic_dim_twonn(h: np.ndarray) -> float | None:
@@ -250,13 +255,7 @@ def twonn_interval(mu: np.ndarray, n: int, level: float = 0.95, n_boot: int = TW
         return None
     rng = np.random.default_rng(seed)
     draws = np.sort(mu[rng.integers(0, mu.size, size=(n_boot, mu.size))], axis=1)
-    # twonn_fit on each resample, its sort and logarithms taken for all rows at once
-    n_keep = min(int(math.floor(n * (1.0 - _TWONN_DISCARD))), mu.size)
-    if n_keep < 1:
-        return None
-    xs = np.log(draws[:, :n_keep])
-    ys = -np.log(1.0 - np.arange(1, n_keep + 1) / n)
-    fits = [float(np.dot(r, ys)) / d for r in xs if (d := float(np.dot(r, r))) > 0.0]
+    fits = [v for v in _twonn_slopes(draws, n) if v is not None]  # twonn_fit of each resample
     if len(fits) < 3:
         return None
     lo, hi = np.percentile(fits, [50 * (1 - level), 50 * (1 + level)])

@@ -36,17 +36,10 @@ BATCH, LENGTH = 16, 128
 
 
 def set_threads(n: int) -> None:
-    """`n` torch threads; numpy's BLAS and the allocator as the app sets them
-    (models.loading.set_threads)."""
-    import torch
-    from threadpoolctl import threadpool_limits
+    """`n` torch threads; numpy's BLAS and the allocator as the app sets them."""
+    from models.loading import use_threads
 
-    from models.loading import keep_freed_memory
-
-    torch.set_num_threads(n)
-    threadpool_limits(n, user_api="openmp")
-    threadpool_limits(1, user_api="blas")
-    keep_freed_memory()
+    use_threads(n)
 
 
 def corpus_file(n: int, folder: Path) -> Path:

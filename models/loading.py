@@ -437,14 +437,21 @@ def set_threads(largest_params: int | None) -> int:
     """Set torch's and BLAS's thread counts ONCE for the process (at start-up, from the largest
     model it will run) and tune the allocator (`keep_freed_memory`). torch: one thread when
     every model is small, else one per core. numpy's BLAS: always one thread: the analysis
-    spreads its per-layer numpy work over the cores itself (analysis.metrics.map_layers),
+    spreads its per-layer numpy work over the cores itself (analysis.parallel.map_layers),
     which is faster than one layer at a time on a multi-threaded BLAS (GPT-2 shape, 13 layers
     at 512 tokens: 0.43 s against 0.75 s on 2 cores). Returns torch's count. Nothing changes
     thread counts per request."""
-    import torch
-
     n = 1 if largest_params is not None and largest_params <= SINGLE_THREAD_MAX_PARAMS else (
         os.cpu_count() or 1)
+    use_threads(n)
+    return n
+
+
+def use_threads(n: int) -> None:
+    """`n` torch (and OpenMP) threads, numpy's BLAS on one, the allocator tuned: what
+    `set_threads` applies, for a caller that picks `n` itself (the benches)."""
+    import torch
+
     torch.set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
@@ -454,7 +461,6 @@ def set_threads(largest_params: int | None) -> int:
     except ImportError:  # pragma: no cover - declared in requirements
         pass
     keep_freed_memory()
-    return n
 
 
 # glibc's mallopt parameters
