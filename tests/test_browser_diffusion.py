@@ -272,6 +272,7 @@ def test_kv_cache_and_early_stop_in_every_view(page):  # noqa: F811
                                  timeout=TIMEOUT_MS)
     set_number(page, "step-n", 3)
     page.locator("#step-auto-btn").click()
+    expect(info).to_contain_text("3 chosen")  # the selection is in before Apply is pressed
     page.locator("#step-apply-btn").click()
     expect(info).to_contain_text("Step 1")
     expect(info).to_contain_text("this step's forward pass reused the KV cache")
@@ -322,6 +323,7 @@ def test_recovering_from_apply_with_nothing_selected(page):  # noqa: F811
     info = page.locator("#step-info")
     expect(info).to_contain_text("1 forward passes", timeout=TIMEOUT_MS)
     page.locator("#step-auto-btn").click()
+    expect(info).to_contain_text(re.compile(r"\b[1-9]\d* chosen"))  # selected before Apply
     page.locator("#step-apply-btn").click()
     expect(info).to_contain_text("Step 1")
     page.locator("#step-apply-btn").click()  # nothing selected now
