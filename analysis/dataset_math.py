@@ -132,17 +132,22 @@ def _text_twonn(x: torch.Tensor, xc: torch.Tensor, g: torch.Tensor, mask: torch.
     return torch.where(good, (xs * ys).sum(-1) / denom.clamp_min(_TINY), math.nan)
 
 
-def text_layer_metrics(x: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def text_layer_metrics(x: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor,
+                       n0: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One layer of one batch: `x`, `x0  # [text, token, d]` float64 (padding rows zero; x0 =
-    layer 0), `mask  # [text, token]`. Returns per-text metrics [text, 7] (METRICS without
-    attention_entropy), pooled means [text, d] and the all-token sums of this batch."""
+    layer 0), `mask  # [text, token]`; `n0`: the row norms of x0 when the caller has them.
+    Returns per-text metrics [text, 7] (METRICS without attention_entropy), pooled means
+    [text, d] and the all-token sums of this batch."""
     d = x.shape[-1]
-    m = mask[..., None]
+    full = bool(mask.all())  # no padding: nothing to zero
     n = mask.sum(-1).double()
     pooled = x.sum(1) / n.clamp_min(1.0)[:, None]
-    xc = (x - pooled[:, None]).masked_fill_(~m, 0.0)
+    xc = x - pooled[:, None]
+    if not full:
+        xc.masked_fill_(~mask[..., None], 0.0)
     g = xc @ xc.mT  # [text, token, token]
-    frob = (x * x).sum((1, 2)).sqrt()
+    nx = x.norm(dim=-1)  # [text, token]
+    frob = (nx * nx).sum(-1).sqrt()
     spec = _spectra(torch.linalg.eigvalsh(g if x.shape[1] <= d else xc.mT @ xc), n, d, frob)
     if x.shape[1] > d:  # long texts: the d x d side is smaller
         ent = entropies(x, mask.double())
@@ -152,12 +157,14 @@ def text_layer_metrics(x: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor) ->
         live = mask & (nu > top[:, None] * 1e-12)
         ok = (n >= 3) & (top > M._ZERO_VARIANCE_REL * frob) & (live.sum(-1) >= 2)
         k = g / (nu[:, :, None] * nu[:, None, :]).clamp_min(_TINY)
-        ent = _normalised_entropy(k.masked_fill_(~(live[:, :, None] & live[:, None, :]), 0.0), n, ok, d)
+        if not bool(live.all()):
+            k.masked_fill_(~(live[:, :, None] & live[:, None, :]), 0.0)
+        ent = _normalised_entropy(k, n, ok, d)
     twonn = _text_twonn(x, xc, g, mask)
-    nx, n0 = x.norm(dim=-1), x0.norm(dim=-1)
+    n0 = x0.norm(dim=-1) if n0 is None else n0
     nz = mask & (nx > 0)
-    unit = (x / nx.clamp_min(_TINY)[..., None]).masked_fill_(~nz[..., None], 0.0)
-    su = unit.sum(1)  # [text, d]
+    inv = torch.where(nz, 1.0 / nx.clamp_min(_TINY), 0.0)  # zero rows (and padding) left out
+    su = (inv[:, None, :] @ x)[:, 0]  # sum of unit rows [text, d]
     c = nz.sum(-1).double()
     aniso = torch.where(c >= 2, ((su * su).sum(-1) - c) / (c * (c - 1)).clamp_min(1.0), math.nan)
     both = nz & (n0 > 0)
@@ -169,12 +176,23 @@ def text_layer_metrics(x: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor) ->
     return {"values": values, "pooled": pooled, "unit_sum": su.sum(0), "sums": sums}
 
 
+def _row_blocks(q: int, k: int, causal: bool) -> list[tuple[int, int, int]]:
+    """(first row, end row, end key) blocks of an attention matrix: with causal attention a
+    block of rows reads only the keys up to its last row (the rest are weight 0), about 5/8 of
+    the entries with 4 blocks; one block otherwise."""
+    if not causal or q != k or q < 64:
+        return [(0, q, k)]
+    step = -(-q // 4)
+    return [(r, min(q, r + step), min(q, r + step)) for r in range(0, q, step)]
+
+
 def text_head_stats(attn: torch.Tensor, lengths, causal: bool) -> dict[str, torch.Tensor]:
     """Per-text, per-head statistics of ONE layer, `attn  # [text, head, query, key]` (right
     padded; text b has `lengths[b]` tokens; rows and keys beyond it are ignored).
 
     Row i of text b counts if n_i > 1 (n_i = i + 1 causal, else length_b); its entropy is
-    -sum a log a / log(n_i). Returns float64 CPU tensors [text, head]: entropy_sum, entropy_rows,
+    -sum a log a / log(n_i) (causal: over keys j <= i; a causal model gives the others weight
+    0). Returns float64 CPU tensors [text, head]: entropy_sum, entropy_rows,
     previous_token_score (mean over rows i >= 1 of a[i, i - 1]) and first_token_score (of a[i,
     0]), NaN for a one-token text. Stack layers with `stack_head_stats`."""
     b_, h, q, k = attn.shape
@@ -186,23 +204,27 @@ def text_head_stats(attn: torch.Tensor, lengths, causal: bool) -> dict[str, torc
     norm = torch.log(n_i.clamp_min(2).double())
     inside = ((i[None, :] < length[:, None])[:, None, :, None]
               & (j[None, :] < length[:, None])[:, None, None, :])  # [text, 1, query, key]
-    later = (i[1:][None, :] < length[:, None]).double()  # rows i >= 1 inside the text
+    later = i[1:][None, :] < length[:, None]  # rows i >= 1 inside the text [text, query - 1]
     full = q == k and bool((length == q).all())
     out = {name: torch.empty(b_, h, dtype=torch.float64) for name in HEAD_INPUTS}
     step = max(1, _CHUNK_BYTES // (8 * h * q * k))
+    e = torch.empty(min(step, b_), h, q, dtype=torch.float64, device=dev)  # row entropies
     for s in range(0, b_, step):
         c = slice(s, s + step)
-        a = attn[c].to(torch.float64, copy=True).clamp_min_(0.0)
-        if not full:  # padding: rows and keys beyond a text's length count for nothing
-            a.masked_fill_(~inside[c], 0.0)
-        e = -att_mod.xlogx(a).sum(-1) / norm[c, None, :]
-        out["entropy_sum"][c] = torch.where(counted[c, None], e, 0.0).sum(-1).cpu()
+        n_c = attn[c].shape[0]
+        for r0, r1, k1 in _row_blocks(q, k, causal):
+            a = attn[c, :, r0:r1, :k1].to(torch.float64, copy=True).clamp_min_(0.0)
+            if not full:  # padding: rows and keys beyond a text's length count for nothing
+                a.masked_fill_(~inside[c, :, r0:r1, :k1], 0.0)
+            e[:n_c, :, r0:r1] = -att_mod.xlogx(a).sum(-1) / norm[c, None, r0:r1]
+        out["entropy_sum"][c] = torch.where(counted[c, None], e[:n_c], 0.0).sum(-1).cpu()
         out["entropy_rows"][c] = counted[c].sum(-1, keepdim=True).double().expand(-1, h).cpu()
-        rows = later[c].sum(-1)[:, None]
+        rows = later[c].sum(-1)[:, None].double()
         scale = torch.where(rows > 0, 1.0 / rows.clamp_min(1.0), math.nan)
-        prev = a.diagonal(offset=-1, dim1=-2, dim2=-1)  # [text, head, q - 1]: a[i, i - 1]
-        out["previous_token_score"][c] = ((prev * later[c, None]).sum(-1) * scale).cpu()
-        out["first_token_score"][c] = ((a[:, :, 1:, 0] * later[c, None]).sum(-1) * scale).cpu()
+        for name, v in (("previous_token_score", attn[c].diagonal(offset=-1, dim1=-2, dim2=-1)),  # a[i, i-1]
+                        ("first_token_score", attn[c, :, 1:, 0])):  # [text, head, q - 1]
+            v = torch.where(later[c, None], v.double().clamp_min(0.0), 0.0)
+            out[name][c] = (v.sum(-1) * scale).cpu()
     return out
 
 
