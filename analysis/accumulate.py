@@ -111,12 +111,16 @@ class _Smallest:
         free = np.concatenate([np.setdiff1d(np.arange(n_old), order[order < n_old]),
                                np.arange(n_old, n_new)])
         new = take(enter)
-        if self.values is None or self.values.shape[1] < n_new:  # grow by doubling, up to cap
-            grown = np.empty((new.shape[0], min(self.cap, max(n_new, 2 * n_old)), new.shape[2]), self.dtype)
+        if self.values is None or self.values.shape[1] < n_new:
+            # room for `cap` entries at once: the OS backs the pages as rows are written
+            grown = np.empty((new.shape[0], self.cap, new.shape[2]), self.dtype)
             if n_old:
                 grown[:, :n_old] = self.values[:, :n_old]
             self.values = grown
-        self.values[:, free] = new
+        if free.size and free[-1] - free[0] == free.size - 1:  # one run of slots (sorted): a slice
+            self.values[:, free[0]:free[-1] + 1] = new
+        else:
+            self.values[:, free] = new
         self.priority = np.concatenate([self.priority, np.zeros(n_new - n_old, np.uint64)])
         self.keys = np.concatenate([self.keys, np.zeros((n_new - n_old, 2), np.int64)])
         self.priority[free], self.keys[free] = priority[enter], keys[enter]
@@ -234,36 +238,53 @@ class DatasetAccumulator:
             self.mean = torch.zeros(L1, d, dtype=torch.float64, device=self.device)
             self.m2 = torch.zeros(L1, d, d, dtype=torch.float64, device=self.device)
 
-    def add_batch(self, hidden: torch.Tensor, mask, text_ids, head_stats: Mapping | None = None) -> None:
-        """Add one padded batch. `hidden  # [layer + 1, text, token, d]` (any float dtype/device);
-        `mask  # [text, token]` bool, True for counted rows; `text_ids  # [text]` global ids
-        (each text once over the whole run); `head_stats`: {HEAD_INPUTS: [text, layer, head]}
-        (see `text_head_stats`, `stack_head_stats`), None when attention is not available.
-        Inputs are checked first; an error while adding (e.g. out of memory) leaves the
-        accumulator part-updated: reload the last checkpoint."""
+    def add_batch(self, hidden, mask, text_ids, head_stats: Mapping | None = None) -> None:
+        """Add one padded batch. `hidden`: `[layer + 1, text, token, d]`, one tensor or a sequence
+        of the layers' `[text, token, d]` (any float dtype/device); `mask  # [text, token]` bool,
+        True for counted rows; `text_ids  # [text]` global ids (each text once over the whole
+        run); `head_stats`: {HEAD_INPUTS: [text, layer, head]} (see `text_head_stats`,
+        `stack_head_stats`), None when attention is not available. Inputs are checked first; an
+        error while adding (e.g. out of memory) leaves the accumulator part-updated: reload the
+        last checkpoint."""
         L1, d = self.meta["n_layers"] + 1, self.meta["d_model"]
-        if hidden.ndim != 4 or hidden.shape[0] != L1 or hidden.shape[3] != d:
-            raise ValueError(f"hidden must be [{L1}, text, token, {d}], got {tuple(hidden.shape)}")
-        dev = hidden.device
+        layers = list(hidden.unbind(0)) if isinstance(hidden, torch.Tensor) and hidden.ndim == 4 else (
+            [hidden] if isinstance(hidden, torch.Tensor) else list(hidden))
+        shape = tuple(layers[0].shape) if layers else ()
+        if (len(layers) != L1 or len(shape) != 3 or shape[2] != d
+                or any(tuple(h.shape) != shape for h in layers)):
+            got = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else f"{len(layers)} x {shape}"
+            raise ValueError(f"hidden must be [{L1}, text, token, {d}], got {got}")
+        dev = layers[0].device
         mask = torch.as_tensor(mask, device=dev).bool()
         ids = _np(text_ids).astype(np.int64).reshape(-1)
-        if mask.shape != hidden.shape[1:3] or ids.size != hidden.shape[1]:
+        if mask.shape != shape[:2] or ids.size != shape[0]:
             raise ValueError(f"mask {tuple(mask.shape)}, text_ids {ids.shape}: not [text, token] of "
-                             f"{tuple(hidden.shape)}")
+                             f"{(L1, *shape)}")
         heads = None if head_stats is None else self._head_arrays(head_stats, ids.size)
         self._ensure_state(dev)
-        parts, x0 = [], None
-        for layer in range(L1):
-            x = hidden[layer].to(torch.float64, copy=True).masked_fill_(~mask[..., None], 0.0)
-            x0 = x if layer == 0 else x0
-            self._add_scatter(layer, x[mask])
-            parts.append(text_layer_metrics(x, x0, mask))
+        full = bool(mask.all())  # no padding: every row counts, nothing to zero or gather
+
+        def rows64(layer: int) -> torch.Tensor:  # [text, token, d] float64, padding rows zero
+            x = layers[layer].to(torch.float64, copy=True)
+            return x if full else x.masked_fill_(~mask[..., None], 0.0)
+        x0 = rows64(0)
+        n0 = x0.norm(dim=-1)
+
+        mask_np = mask.cpu().numpy()
+
+        def one_layer(layer: int) -> dict[str, torch.Tensor] | None:
+            if layer < 0:  # the token sample's turn (it reads the layers, writes only the sample)
+                return self._offer_rows(layers, mask_np, ids)
+            x = x0 if layer == 0 else rows64(layer)
+            self._add_scatter(layer, x.reshape(-1, d) if full else x[mask])
+            return text_layer_metrics(x, x0, mask, n0)
+        # layers side by side; each writes only its own rows of the state
+        parts = parallel.map_torch_layers(one_layer, range(-1, L1), dev)[1:]
         got = {k: torch.stack([p[k] for p in parts]).cpu().numpy() for k in parts[0]}  # one transfer
         values = np.full((ids.size, L1, len(METRICS)), np.nan)
         values[:, :, :7] = got["values"].transpose(1, 0, 2)
         self.unit_sum += got["unit_sum"]
         self.sums += got["sums"]
-        mask_np = mask.cpu().numpy()
         self.n_rows += int(mask_np.sum())
         if heads is not None:
             self._add_heads(heads, values)
@@ -271,10 +292,9 @@ class DatasetAccumulator:
         self._ids.append(ids)
         self._rows.append(counts.astype(np.int64))
         self._values.append(values)
-        full = np.nonzero(counts > 0)[0]
-        self.pooled.offer(text_priority(self.meta["seed"], ids[full]),
-                          np.stack([ids[full], np.zeros_like(full)], 1), lambda i: got["pooled"][:, full[i]])
-        self._offer_rows(hidden, mask_np, ids)
+        some = np.nonzero(counts > 0)[0]  # texts with a counted row
+        self.pooled.offer(text_priority(self.meta["seed"], ids[some]),
+                          np.stack([ids[some], np.zeros_like(some)], 1), lambda i: got["pooled"][:, some[i]])
 
     def _add_scatter(self, layer: int, rows: torch.Tensor) -> None:
         """Chan's merge of this batch's (count, mean, centred scatter) of one layer, in place."""
@@ -288,13 +308,14 @@ class DatasetAccumulator:
         add_gram(self.m2[layer], rc)
         self.m2[layer].addr_(delta, delta, alpha=self.n_rows * nb / n)
 
-    def _offer_rows(self, hidden: torch.Tensor, mask: np.ndarray, ids: np.ndarray) -> None:
+    def _offer_rows(self, layers: list[torch.Tensor], mask: np.ndarray, ids: np.ndarray) -> None:
         b, t = np.nonzero(mask)
         pos = (np.cumsum(mask, axis=1) - 1)[b, t]  # index among the text's counted rows
 
         def take(i: np.ndarray) -> np.ndarray:
-            bi, ti = (torch.as_tensor(a[i], device=hidden.device) for a in (b, t))
-            return hidden[:, bi, ti].float().cpu().numpy()  # [layer + 1, row, d]
+            rows = torch.as_tensor(b[i] * mask.shape[1] + t[i], device=layers[0].device)
+            return torch.stack([h.flatten(0, 1).index_select(0, rows).float() for h in layers]
+                               ).cpu().numpy()  # [layer + 1, row, d]
         self.sample.offer(token_priority(self.meta["seed"], ids[b], pos), np.stack([ids[b], pos], 1), take)
 
     def _head_arrays(self, head_stats: Mapping, texts: int) -> dict[str, np.ndarray]:

@@ -153,8 +153,8 @@ def _model_outputs(loaded, ids: torch.Tensor, attention: torch.Tensor, call: Att
     return loaded.run(call, **inputs)
 
 
-def forward_batch(loaded, batch: Batch) -> tuple[torch.Tensor, dict | None, bool]:
-    """One forward pass under the model's lock: (hidden  # [layer + 1, text, token, d] on the
+def forward_batch(loaded, batch: Batch) -> tuple[list[torch.Tensor], dict | None, bool]:
+    """One forward pass under the model's lock: (hidden, the layers' `[text, token, d]` on the
     model's device, head statistics {name: [text, layer, head]}, whether layer L had to be the
     final-normed state). With the dashboard attention each layer's weights are reduced as the
     pass goes (never every layer's attention at once); a model on its own eager attention
@@ -175,7 +175,7 @@ def forward_batch(loaded, batch: Batch) -> tuple[torch.Tensor, dict | None, bool
         normed = call is None or call.last_block is None
         if not normed:
             states[-1] = call.last_block
-        hidden = torch.stack([s.to(states[0].device) for s in states])
+        hidden = [s.to(states[0].device) for s in states]  # not stacked: a copy add_batch needs not
     del out
     heads = (stack_head_stats([per_layer[i] for i in range(loaded.n_layers)])
              if len(per_layer) == loaded.n_layers else None)

@@ -331,3 +331,75 @@ def test_two_torchrun_ranks_equal_one_process(tmp_path):
     want = result_dict(_run(4, ids=range(30), texts=synthetic_texts(30)))
     assert got["sample_keys"] == want["sample_keys"]
     _close(json.loads(json.dumps(want)), got)
+
+
+def test_layers_side_by_side_give_the_same_accumulator(monkeypatch):
+    # add_batch runs its layers (and the token sample) on analysis.parallel's pool when torch
+    # has more than one thread: every number bit for bit the same as one layer at a time
+    from analysis import parallel
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the pool's threads run one torch thread each: the same here
+        monkeypatch.setattr(parallel, "torch_layer_workers", lambda n, device=None: 2)
+        side = result_dict(_run(7))
+        monkeypatch.setattr(parallel, "torch_layer_workers", lambda n, device=None: 1)
+        alone = result_dict(_run(7))
+    finally:
+        torch.set_num_threads(threads)
+    assert side == alone
+    assert side["json"]["layers"][2]["all_tokens"]["effective_rank"] > 1
+
+
+def test_torch_layer_pool_runs_one_torch_thread_each_and_leaves_the_callers_count():
+    import threading
+
+    from analysis import parallel
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = parallel.map_torch_layers(
+            lambda i: (i, torch.get_num_threads(), threading.current_thread().name), range(7))
+        assert [g[0] for g in got] == list(range(7))  # in order
+        assert {g[1] for g in got} == {1}
+        assert all(g[2].startswith("layers") for g in got)
+        assert torch.get_num_threads() == 2  # the caller keeps its count
+        later = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert later == [2]  # and so do threads started after the pool
+        assert parallel.torch_layer_workers(13, "meta") == 1  # not CPU: one at a time
+        assert parallel.torch_layer_workers(1) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_causal_head_stats_read_only_the_keys_up_to_each_row(monkeypatch):
+    # row blocks of a causal layer read keys up to the block's last row; the numbers are those
+    # of the whole matrix (the keys after a row have weight 0), padding included
+    gen = torch.Generator().manual_seed(3)
+    t = 100
+    scores = torch.randn(3, 2, t, t, generator=gen, dtype=torch.float64)
+    attn = torch.softmax(scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), -math.inf), -1)
+    attn[1, :, 70:] = math.nan  # text 1 has 70 tokens: its padding rows are garbage
+    assert len(dataset_math._row_blocks(t, t, True)) == 4
+    blocks = A.text_head_stats(attn, [t, 70, t], causal=True)
+    monkeypatch.setattr(dataset_math, "_row_blocks", lambda q, k, causal: [(0, q, k)])
+    whole = A.text_head_stats(attn, [t, 70, t], causal=True)
+    for name in whole:
+        np.testing.assert_allclose(blocks[name], whole[name], rtol=1e-14, atol=0)
+    want = M.head_attention_entropy(attn[0, 0].numpy(), causal=True)
+    mean = blocks["entropy_sum"][0, 0].item() / blocks["entropy_rows"][0, 0].item()
+    assert mean == pytest.approx(want, rel=1e-12)
+
+
+def test_add_batch_takes_the_layers_as_a_list():
+    hidden, mask = np.random.default_rng(4).normal(size=(N_LAYERS + 1, 2, 5, D_MODEL)), np.ones((2, 5), bool)
+    one, two = make_accumulator(), make_accumulator()
+    one.add_batch(torch.as_tensor(hidden), mask, [0, 1])
+    two.add_batch([torch.as_tensor(h) for h in hidden], mask, [0, 1])
+    assert result_dict(one) == result_dict(two)
+    with pytest.raises(ValueError, match="hidden must be"):
+        two.add_batch([torch.as_tensor(h) for h in hidden[:-1]], mask, [2, 3])
