@@ -11,7 +11,8 @@
   record, accumulate) vs a bare batched forward pass with hidden states, same model and
   batches (16 x 128 tokens), measured alternately in one process; once at 1 thread and once
   at 2 threads (two processes: thread counts are set once per process). Target >= 0.8x. A
-  profile line says where the dataset loop's time goes.
+  floor line gives the ratio the float64 work of the formulas alone would allow, a profile
+  line where the dataset loop's time goes.
 """
 
 from __future__ import annotations
@@ -134,6 +135,45 @@ class Timers:
         setattr(owner, name, timed)
 
 
+def floor_seconds(texts, loaded, repeats: int = 3) -> float:
+    """Seconds a batch needs for the float64 work the formulas themselves call for, with nothing
+    else: each layer's rows in float64, centred, added to the d x d scatter; each text's Gram
+    and its two eigendecompositions (design.md: effective rank and the activation entropy's
+    unit-row Gram); each attention layer's a log a over the causal part. Layers side by side
+    as the accumulator runs them (analysis.parallel). Median of `repeats`."""
+    import torch
+
+    from analysis import attention as att_mod
+    from analysis import dataset as D
+    from analysis import parallel
+    from analysis.dataset_math import _row_blocks, add_gram
+
+    b = D.encode_batch(loaded.tokenizer, texts, LENGTH, "cpu")
+    hidden, _, _ = D.forward_batch(loaded, b)
+    d, heads = hidden[0].shape[-1], loaded.n_heads
+    scores = torch.randn(BATCH, heads, LENGTH, LENGTH).triu_(1).masked_fill_(
+        torch.ones(LENGTH, LENGTH, dtype=torch.bool).triu(1), -torch.inf)
+    attn = torch.softmax(scores, -1)  # a causal attention layer's shape
+    m2 = torch.zeros(len(hidden), d, d, dtype=torch.float64)
+
+    def layer(i: int) -> None:
+        x = hidden[i].to(torch.float64, copy=True)
+        rows = x.reshape(-1, d)
+        add_gram(m2[i], rows - rows.mean(0))
+        g = x @ x.mT
+        torch.linalg.eigvalsh(g)
+        torch.linalg.eigvalsh(g)
+        if i > 0:
+            for r0, r1, k1 in _row_blocks(LENGTH, LENGTH, True):
+                att_mod.xlogx(attn[:, :, r0:r1, :k1].to(torch.float64, copy=True)).sum(-1)
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        parallel.map_torch_layers(layer, range(len(hidden)))
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)
+
+
 def child_throughput(threads: int, rounds: int) -> dict:
     import torch
 
@@ -148,6 +188,7 @@ def child_throughput(threads: int, rounds: int) -> dict:
     acc = A.DatasetAccumulator("gpt2-124m", 12, 768, 12, sample_tokens=5000)
     timers = Timers()
     for owner, name, label in ((D, "forward_batch", "forward+record"), (D, "text_head_stats", "head stats"),
+                               (A.DatasetAccumulator, "add_batch", "accumulate"),
                                (A, "text_layer_metrics", "per-text metrics"),
                                (A.DatasetAccumulator, "_add_scatter", "scatter"),
                                (A.DatasetAccumulator, "_offer_rows", "token sample"),
@@ -175,10 +216,13 @@ def child_throughput(threads: int, rounds: int) -> dict:
             fn(texts)
             out.append(time.perf_counter() - t0)
     tokens = BATCH * LENGTH
-    return {"threads": threads, "bare_tps": [tokens / t for t in t_bare],
+    profile = {k: v / sum(t_data) for k, v in timers.seconds.items()}  # before the floor's own pass
+    floor = floor_seconds(batches[-1], loaded)
+    return {"threads": threads, "floor_seconds": floor, "bare_seconds": statistics.median(t_bare),
+            "bare_tps": [tokens / t for t in t_bare],
             "dataset_tps": [tokens / t for t in t_data],
             "ratios": [b / d for b, d in zip(t_bare, t_data, strict=True)],
-            "profile": {k: v / sum(t_data) for k, v in timers.seconds.items()}}
+            "profile": profile}
 
 
 # --- the parent: runs children and prints ratios --------------------------------------------
@@ -224,14 +268,22 @@ def part_throughput(rounds: int) -> None:
     for threads in (1, 2):
         r = run_child("throughput", str(threads), str(rounds))
         ratios = r["ratios"]
-        prof = ", ".join(f"{k} {v:.0%}" for k, v in sorted(r["profile"].items(), key=lambda kv: -kv[1]))
+        p = dict(r["profile"])
+        wall = ", ".join(f"{k} {p.pop(k, 0):.0%}" for k in ("forward+record", "head stats", "accumulate"))
+        inner = ", ".join(f"{k} {v:.0%}" for k, v in sorted(p.items(), key=lambda kv: -kv[1]))
         med = statistics.median
         print(f"throughput, {threads} thread(s): dataset loop {med(r['dataset_tps']):.0f} tokens/s vs "
               f"bare forward with hidden states {med(r['bare_tps']):.0f} tokens/s -> ratio median "
               f"{med(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} "
               "alternating rounds (target >= 0.8)", flush=True)
-        print(f"  where the dataset loop's time goes (head stats run inside forward+record): {prof}",
+        floor, bare = r["floor_seconds"], r["bare_seconds"]
+        print(f"  floor: the float64 work the formulas call for (scatter, per-text Grams and their two "
+              f"eigendecompositions, head a log a) alone takes {floor:.2f} s a batch against the bare "
+              f"pass's {bare:.2f} s: with everything else free the ratio could reach "
+              f"{bare / (bare + floor):.2f}x",
               flush=True)
+        print(f"  where the dataset loop's time goes: {wall} (head stats run inside forward+record); "
+              f"inside accumulate, summed over the threads that run layers side by side: {inner}", flush=True)
 
 
 def main() -> None:
