@@ -74,11 +74,17 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _in_pool() -> bool:
+    """True on one of the pool's own threads: a map from there runs in place (waiting on the
+    pool from inside it could wait forever)."""
+    return threading.current_thread().name.startswith("layers")
+
+
 def map_layers(fn: Callable, items: Sequence) -> list:
     """[fn(item) for item in items], spread over `layer_workers` threads (numpy releases the
     GIL in its linear algebra and array loops, where the layer metrics spend their time)."""
     items = list(items)
-    if layer_workers(len(items)) == 1:
+    if layer_workers(len(items)) == 1 or _in_pool():
         return [fn(item) for item in items]
     return list(_pool().map(fn, items))
 
@@ -90,7 +96,7 @@ def map_torch_layers(fn: Callable, items: Sequence, device=None) -> list:
     0.82-0.92 s one layer at a time on 2 torch threads."""
     items = list(items)
     workers = torch_layer_workers(len(items), device)
-    if workers == 1:
+    if workers == 1 or _in_pool():
         return [fn(item) for item in items]
     out: list = [None] * len(items)
     todo, lock = iter(range(len(items))), threading.Lock()

@@ -351,11 +351,12 @@ def test_layers_side_by_side_give_the_same_accumulator(monkeypatch):
     assert side["json"]["layers"][2]["all_tokens"]["effective_rank"] > 1
 
 
-def test_torch_layer_pool_runs_one_torch_thread_each_and_leaves_the_callers_count():
+def test_torch_layer_pool_runs_one_torch_thread_each_and_leaves_the_callers_count(monkeypatch):
     import threading
 
     from analysis import parallel
 
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)  # the CI machine's cores, anywhere
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -370,6 +371,9 @@ def test_torch_layer_pool_runs_one_torch_thread_each_and_leaves_the_callers_coun
         t.start()
         t.join()
         assert later == [2]  # and so do threads started after the pool
+        nested = parallel.map_torch_layers(lambda i: parallel.map_torch_layers(lambda j: i * j, range(3)),
+                                           range(4))
+        assert nested == [[0, 0, 0], [0, 1, 2], [0, 2, 4], [0, 3, 6]]  # in place inside the pool
         assert parallel.torch_layer_workers(13, "meta") == 1  # not CPU: one at a time
         assert parallel.torch_layer_workers(1) == 1
     finally:
