@@ -80,28 +80,16 @@ def _in_pool() -> bool:
     return threading.current_thread().name.startswith("layers")
 
 
-def map_layers(fn: Callable, items: Sequence) -> list:
-    """[fn(item) for item in items], spread over `layer_workers` threads (numpy releases the
-    GIL in its linear algebra and array loops, where the layer metrics spend their time)."""
+def _spread(fn: Callable, items: Sequence, workers: int) -> list:
+    """[fn(item) for item in items] on `workers` of the pool's threads, each taking the next
+    item until none is left; in place with one worker or on a pool thread."""
     items = list(items)
-    if layer_workers(len(items)) == 1 or _in_pool():
-        return [fn(item) for item in items]
-    return list(_pool().map(fn, items))
-
-
-def map_torch_layers(fn: Callable, items: Sequence, device=None) -> list:
-    """[fn(item) for item in items] for torch work: on `torch_layer_workers` threads of one
-    torch thread each (torch releases the GIL in its kernels). GPT-2's 13 layers of dataset
-    accumulation for a batch of 16 x 128 tokens on 2 cores: 0.56-0.61 s side by side against
-    0.82-0.92 s one layer at a time on 2 torch threads."""
-    items = list(items)
-    workers = torch_layer_workers(len(items), device)
-    if workers == 1 or _in_pool():
+    if workers <= 1 or _in_pool():
         return [fn(item) for item in items]
     out: list = [None] * len(items)
     todo, lock = iter(range(len(items))), threading.Lock()
 
-    def work(_) -> None:  # each worker takes the next item until none is left
+    def work(_) -> None:
         while True:
             with lock:
                 i = next(todo, None)
@@ -110,3 +98,19 @@ def map_torch_layers(fn: Callable, items: Sequence, device=None) -> list:
             out[i] = fn(items[i])
     list(_pool().map(work, range(workers)))
     return out
+
+
+def map_layers(fn: Callable, items: Sequence) -> list:
+    """[fn(item) for item in items], spread over `layer_workers` threads (numpy releases the
+    GIL in its linear algebra and array loops, where the layer metrics spend their time)."""
+    items = list(items)
+    return _spread(fn, items, layer_workers(len(items)))
+
+
+def map_torch_layers(fn: Callable, items: Sequence, device=None) -> list:
+    """[fn(item) for item in items] for torch work: on `torch_layer_workers` threads of one
+    torch thread each (torch releases the GIL in its kernels). GPT-2's 13 layers of dataset
+    accumulation for a batch of 16 x 128 tokens on 2 cores: 0.56-0.61 s side by side against
+    0.82-0.92 s one layer at a time on 2 torch threads."""
+    items = list(items)
+    return _spread(fn, items, torch_layer_workers(len(items), device))

@@ -151,7 +151,7 @@ def floor_seconds(texts, loaded, repeats: int = 3) -> float:
     b = D.encode_batch(loaded.tokenizer, texts, LENGTH, "cpu")
     hidden, _, _ = D.forward_batch(loaded, b)
     d, heads = hidden[0].shape[-1], loaded.n_heads
-    scores = torch.randn(BATCH, heads, LENGTH, LENGTH).triu_(1).masked_fill_(
+    scores = torch.randn(BATCH, heads, LENGTH, LENGTH).masked_fill_(
         torch.ones(LENGTH, LENGTH, dtype=torch.bool).triu(1), -torch.inf)
     attn = torch.softmax(scores, -1)  # a causal attention layer's shape
     m2 = torch.zeros(len(hidden), d, d, dtype=torch.float64)
